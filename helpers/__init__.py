@@ -1,0 +1,14 @@
+"""Plumbing shared by the ORPO + QLoRA notebook series, one module per pipeline stage.
+
+environment  (01)     hardware probes, dtype / attention decision, manifest
+profiles     (all)    profiles and validated parameters
+rundir       (all)    the run directory notebooks talk through
+offline_default, tasks (02, 05)  the embedded tiny model + UltraFeedback-schema data, task checkers
+data         (02)     load, normalize, measure and filter preference pairs
+modeling     (03, 04) memory report, checkpoints, progress and throughput callbacks
+scoring      (05)     batched log-prob scoring and greedy generation
+plots, report (02, 04, 05)  figures and report.md
+runner       (CLI)    papermill 01 -> 05: `python -m helpers.runner`
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,85 @@
+"""Model-side plumbing: memory report (notebook 03), checkpoints, progress and throughput (notebook 04)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+
+def logical_parameter_count(model) -> int:
+    """Parameters as the unquantized model has them (a packed 4-bit tensor stores two values per byte)."""
+    total = 0
+    for param in model.parameters():
+        shape = getattr(getattr(param, "quant_state", None), "shape", None)
+        total += int(torch.Size(shape).numel()) if shape is not None else param.numel()
+    return total
+
+
+def memory_report(model) -> dict:
+    """Footprint of the loaded (4-bit) model against what the same weights take in 16 bits (notebook 03)."""
+    params = logical_parameter_count(model)
+    footprint = model.get_memory_footprint()
+    return {"parameters": params,
+            "footprint_4bit_MiB": round(footprint / 2**20, 2),
+            "estimate_16bit_MiB": round(params * 2 / 2**20, 2),
+            "saving_factor": round(params * 2 / footprint, 2)}
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors")
+
+
+def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
+    """The newest `checkpoint-N` folder that is complete (notebook 04 resumes from it).
+
+    A process killed while saving leaves a folder without its trainer state or adapter weights, or with a
+    state file that is not valid JSON: such a folder is skipped with a message instead of crashing the resume.
+    """
+    folders = sorted(Path(checkpoints_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]),
+                     reverse=True) if Path(checkpoints_dir).exists() else []
+    for folder in folders:
+        missing = [f for f in CHECKPOINT_FILES if not (folder / f).exists()]
+        try:
+            if not missing:
+                json.loads((folder / "trainer_state.json").read_text())
+                return str(folder)
+        except (json.JSONDecodeError, OSError):
+            missing = ["a readable trainer_state.json"]
+        print(f"Skipping incomplete checkpoint {folder.name} (missing {', '.join(missing)})")
+    return None
+
+
+class PlainProgress(TrainerCallback):
+    """One plain-text line per log event: readable in Jupyter, papermill logs and CI (no widget spam)."""
+
+    KEYS = ("loss", "nll_loss", "rewards/margins", "rewards/accuracies", "eval_loss", "eval_rewards/accuracies")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = "  ".join(f"{k}={logs[k]:.4g}" for k in self.KEYS if k in (logs or {}))
+        if shown:
+            print(f"step {state.global_step:>5}/{state.max_steps}  {shown}", flush=True)
+
+
+class Throughput(TrainerCallback):
+    """Training tokens/s (real tokens of prompt+chosen and prompt+rejected) and peak GPU memory."""
+
+    def __init__(self, tokens_per_pair: float, pairs_per_step: int):
+        self.tokens_per_step = tokens_per_pair * pairs_per_step
+        self.summary: dict = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.start_step = time.perf_counter(), state.global_step
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        seconds = time.perf_counter() - self.start
+        steps = state.global_step - self.start_step
+        self.summary = {"steps": steps, "train_seconds": round(seconds, 1),
+                        "seconds_per_step": round(seconds / max(steps, 1), 3),
+                        "tokens_per_second_approx": round(self.tokens_per_step * steps / max(seconds, 1e-9), 1),
+                        "peak_gpu_memory_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                        if torch.cuda.is_available() else None}

@@ -1,0 +1,166 @@
+"""Profiles and parameters: one `profile` picks sensible defaults, every other parameter can override them.
+
+Used by every notebook (through `helpers.rundir.open_run`) and by the runner, which validates parameters
+*before* anything expensive starts, so a typo costs a second, not a model download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+
+from .offline_default import OFFLINE_DATASET_ID, OFFLINE_MODEL_ID
+
+MISTRAL_7B = "mistralai/Mistral-7B-v0.1"
+ULTRAFEEDBACK = "HuggingFaceH4/ultrafeedback_binarized"
+
+
+class ParameterError(ValueError):
+    """A parameter is wrong. The message names the parameter, the value and the fix."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one run of the series needs. Notebooks read it from `params.json` in the run directory."""
+
+    # ---- run -----------------------------------------------------------------------------------------
+    run_name: str = "tiny-demo"
+    profile: str = "tiny"
+    seed: int = 42
+    # ---- model & data (notebooks 02, 03) -------------------------------------------------------------
+    model_id: str = OFFLINE_MODEL_ID            # Hub id, local folder, or the offline default
+    dataset_id: str = OFFLINE_DATASET_ID        # Hub id, local file/folder, or the offline default
+    train_split: str = "train_prefs"
+    eval_split: str = "test_prefs"
+    n_train: int = 2000                         # pairs kept for training after length filtering
+    n_eval: int = 200                           # held-out pairs for eval during training and notebook 05
+    max_length: int = 128                       # prompt + longer answer, in tokens; longer pairs are dropped
+    trust_remote_code: bool = False             # never run a model repo's own code unless you ask
+    # ---- LoRA (notebook 04) --------------------------------------------------------------------------
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    # ---- ORPO (notebook 04) --------------------------------------------------------------------------
+    learning_rate: float = 2e-3
+    beta: float = 0.1
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = 200                        # -1 = run num_train_epochs
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "linear"
+    gradient_checkpointing: bool = False
+    eval_steps: int = 50
+    logging_steps: int = 10
+    save_steps: int = 50
+    # ---- evaluation (notebook 05) --------------------------------------------------------------------
+    eval_batch_size: int = 64
+    max_new_tokens: int = 16
+    n_generation_examples: int = 6
+    merge_adapter: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Only the fields that differ from RunConfig's defaults (which ARE the `tiny` profile).
+_GPU_COMMON = dict(
+    model_id=MISTRAL_7B, dataset_id=ULTRAFEEDBACK, max_length=1024, learning_rate=5e-5,
+    lr_scheduler_type="cosine", warmup_ratio=0.1, max_steps=-1, eval_steps=100, logging_steps=10,
+    save_steps=100, eval_batch_size=8, max_new_tokens=128, n_generation_examples=4,
+)
+PROFILES: dict[str, dict] = {
+    "tiny": {},
+    "t4": {**_GPU_COMMON, "n_train": 1000, "n_eval": 200, "lora_dropout": 0.05,
+           "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8, "gradient_checkpointing": True},
+    "a100": {**_GPU_COMMON, "n_train": 5000, "n_eval": 500,
+             "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "gradient_checkpointing": True},
+    "h100": {**_GPU_COMMON, "n_train": 10000, "n_eval": 2000,
+             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "gradient_checkpointing": True},
+}
+GPU_PROFILES = ("t4", "a100", "h100")
+
+
+def choose_profile(compute_capability: tuple[int, int] | None) -> tuple[str, str]:
+    """`profile="auto"`: pick a profile from the hardware and say why (notebook 01, runner)."""
+    if compute_capability is None:
+        return "tiny", "no CUDA GPU found: the CPU-sized offline default is the only thing that runs in minutes"
+    major, minor = compute_capability
+    if major >= 9:
+        return "h100", f"compute capability {major}.{minor} (Hopper or newer): bf16, large batches"
+    if major >= 8:
+        return "a100", f"compute capability {major}.{minor} (Ampere/Ada): bf16"
+    return "t4", f"compute capability {major}.{minor} (pre-Ampere, e.g. T4): no real bf16, so fp16 and small batches"
+
+
+_POSITIVE = ("n_train", "n_eval", "lora_r", "lora_alpha", "learning_rate", "beta", "per_device_train_batch_size",
+             "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_steps", "eval_batch_size",
+             "max_new_tokens")
+_MIN_MAX_LENGTH = 16  # below this no prompt + answer fits, not even the offline default's
+
+
+def _check_type(name: str, value, expected: type):
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool and not isinstance(value, bool) or expected is not bool and isinstance(value, bool):
+        raise ParameterError(f"Parameter `{name}` must be {expected.__name__}, got {value!r}. Fix: pass e.g. "
+                             f"`-p {name} {RunConfig.__dataclass_fields__[name].default!r}`.")
+    if not isinstance(value, expected):
+        raise ParameterError(f"Parameter `{name}` must be {expected.__name__}, got {type(value).__name__} "
+                             f"{value!r}. Fix: pass a {expected.__name__}, e.g. "
+                             f"`{name}={RunConfig.__dataclass_fields__[name].default!r}`.")
+    return value
+
+
+def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_gpu: bool | None = None,
+                   compute_capability: tuple[int, int] | None = None) -> RunConfig:
+    """Profile defaults + overrides (None values mean "use the default"), validated. Raises ParameterError.
+
+    `has_gpu` is checked only when given (the runner and notebook 01 pass what they found).
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if profile == "auto":
+        profile, why = choose_profile(compute_capability)
+        print(f"profile='auto' chose {profile!r}: {why}")
+    if profile not in PROFILES:
+        raise ParameterError(f"Unknown profile {profile!r}. Fix: use one of {sorted(PROFILES) + ['auto']}.")
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ParameterError(f"Unknown parameter(s) {unknown}. Fix: check the spelling; known parameters are "
+                             f"{sorted(known)}.")
+    if profile in GPU_PROFILES and has_gpu is False:
+        raise ParameterError(f"Profile {profile!r} needs a CUDA GPU and none was found. Fix: use `profile=tiny` "
+                             "(runs on any CPU) or `profile=auto`, or run on a GPU machine.")
+    values = {**PROFILES[profile], **overrides, "profile": profile}
+    types = {f.name: f.type for f in fields(RunConfig)}
+    for name, value in values.items():
+        values[name] = _check_type(name, value, {"str": str, "int": int, "float": float, "bool": bool}[types[name]])
+    cfg = RunConfig(**values)
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    for name in _POSITIVE:
+        value = getattr(cfg, name)
+        if not (value > 0) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ParameterError(f"Parameter `{name}` must be > 0, got {value!r}. Fix: pass a positive value "
+                                 f"(the `{cfg.profile}` profile uses {PROFILES[cfg.profile].get(name, getattr(RunConfig, name))!r}).")
+    if cfg.max_length < _MIN_MAX_LENGTH:
+        raise ParameterError(f"Parameter `max_length` = {cfg.max_length} is too small for any prompt + answer. "
+                             f"Fix: use at least {_MIN_MAX_LENGTH} (tiny uses 128, GPU profiles 1024).")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ParameterError(f"Parameter `lora_dropout` must be in [0, 1), got {cfg.lora_dropout}. Fix: e.g. 0.05.")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ParameterError(f"Parameter `warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}. Fix: e.g. 0.1.")
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise ParameterError(f"Parameter `max_steps` must be -1 (use num_train_epochs) or > 0, got {cfg.max_steps}. "
+                             "Fix: e.g. `-p max_steps 200`.")
+    if cfg.max_steps == -1 and not cfg.num_train_epochs > 0:
+        raise ParameterError(f"Parameter `num_train_epochs` must be > 0 when max_steps is -1, got "
+                             f"{cfg.num_train_epochs}. Fix: e.g. `-p num_train_epochs 1`.")
+    if not cfg.run_name or any(c in cfg.run_name for c in "/\\") or cfg.run_name.startswith("."):
+        raise ParameterError(f"Parameter `run_name` = {cfg.run_name!r} must be a plain folder name. "
+                             "Fix: e.g. `-p run_name my-first-run`.")

@@ -1,0 +1,38 @@
+"""The run's `report.md` (notebook 05): the numbers a reader needs, pointers to the figures."""
+
+from __future__ import annotations
+
+from .rundir import RunDir, read_json
+
+
+def write_report(run: RunDir, cfg, results: dict) -> None:
+    """Summarize data, training and evaluation of one run in Markdown."""
+    data = read_json(run.root / "data_report.json") if (run.root / "data_report.json").exists() else {}
+    train = read_json(run.train_summary) if run.train_summary.exists() else {}
+    base, tuned = results["base"], results["tuned"]
+    lines = [
+        f"# ORPO + QLoRA run `{cfg.run_name}`",
+        "",
+        f"Profile `{cfg.profile}`, model `{cfg.model_id}`, data `{cfg.dataset_id}`, seed {cfg.seed}.",
+        f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}; ORPO beta={cfg.beta}, lr={cfg.learning_rate}, "
+        f"max_length={cfg.max_length}.",
+        "",
+        "## Data",
+    ]
+    for split, info in data.items():
+        lines.append(f"- {split}: kept {info['kept']} pairs; dropped {info['dropped_too_long']} of "
+                     f"{info['measured']} measured as longer than max_length ({info['dropped_share']:.1%}).")
+    if train:
+        lines += ["", "## Training",
+                  f"- {train.get('global_step')} steps in {train.get('train_seconds')} s "
+                  f"(~{train.get('tokens_per_second_approx')} tokens/s), final train loss "
+                  f"{train.get('train_loss', float('nan')):.4f}, peak GPU memory {train.get('peak_gpu_memory_GiB')} GiB."]
+    lines += ["", f"## Held-out evaluation ({results['n_pairs']} pairs, scored in {results['scoring_seconds']} s)", "",
+              "| model | reward accuracy | mean margin | task success |", "|---|---|---|---|"]
+    success = results.get("task_success") or {}
+    for name, m in (("base (adapter off)", base), ("tuned (ORPO)", tuned)):
+        key = name.split()[0]
+        task = f"{success[key]:.1%}" if key in success else "n/a"
+        lines.append(f"| {name} | {m['reward_accuracy']:.3f} | {m['mean_margin']:.4f} | {task} |")
+    lines += ["", "Figures: `figures/lengths.png`, `figures/training_curves.png`, `figures/margins.png`.", ""]
+    run.report.write_text("\n".join(lines))

@@ -1,0 +1,131 @@
+"""Run the whole series 01 -> 05 with papermill into `outputs/<run_name>/` (the README's main command).
+
+    python -m helpers.runner                                   # tiny profile, offline default, CPU, minutes
+    python -m helpers.runner --profile h100 --run-name h100-a -p learning_rate 5e-5 -f my_params.yaml
+
+Parameters are validated before any notebook starts; notebook 01 writes them to params.json, and 02-05 read
+them from there. Rerunning an unfinished run resumes it (04 continues from its last checkpoint); a finished
+run is never overwritten unless you pass --overwrite (which archives it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+from .profiles import PROFILES, ParameterError, resolve_config
+from .rundir import REPO_ROOT, RunDir, archive_run, check_writable, outputs_root, read_json
+
+NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="tiny", help=f"one of {sorted(PROFILES)} or auto (default: tiny)")
+    parser.add_argument("--run-name", default=None, help="folder under outputs/ (default: <profile>-demo)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override one parameter; VALUE is parsed as YAML (1e-3, true, 'text')")
+    parser.add_argument("-f", "--parameters-file", type=Path, help="YAML file of parameter overrides")
+    parser.add_argument("--only", help="comma-separated notebook numbers to run, e.g. 04,05 (default: all)")
+    parser.add_argument("--overwrite", action="store_true", help="archive a finished run of the same name, rerun")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    return parser.parse_args(argv)
+
+
+def collect_overrides(args: argparse.Namespace) -> dict:
+    """YAML file first, then -p pairs (the command line wins)."""
+    overrides = {}
+    if args.parameters_file:
+        try:
+            loaded = yaml.safe_load(args.parameters_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ParameterError(f"Cannot read parameters file {args.parameters_file}: {err}. Fix: pass a YAML "
+                                 "mapping such as `learning_rate: 1.0e-3`.") from None
+        if not isinstance(loaded, dict):
+            raise ParameterError(f"Parameters file {args.parameters_file} must hold a YAML mapping (name: value).")
+        overrides.update(loaded)
+    for name, raw in args.parameter:
+        overrides[name] = yaml.safe_load(raw)
+    return overrides
+
+
+def validate(args: argparse.Namespace, overrides: dict) -> tuple[str, dict]:
+    """Everything that can be checked without loading a model. Returns (run_name, parameters for notebook 01)."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    cc = tuple(torch.cuda.get_device_capability(0)) if has_gpu else None
+    run_name = args.run_name or f"{args.profile}-demo"
+    for reserved in ("run_name", "profile"):
+        if reserved in overrides:
+            raise ParameterError(f"Pass `{reserved}` with --{reserved.replace('_', '-')}, not as -p/-f.")
+    cfg = resolve_config(args.profile, {**overrides, "run_name": run_name}, has_gpu=has_gpu, compute_capability=cc)
+    check_writable(outputs_root())
+    run = RunDir(outputs_root() / run_name)
+    if run.is_finished() and not args.overwrite:
+        raise ParameterError(f"Run {run_name!r} is finished and is never overwritten silently. Fix: pass "
+                             "--run-name NEW_NAME, or --overwrite to archive the old run and start again.")
+    if run.params.exists() and not run.is_finished():
+        stored = read_json(run.params)
+        if stored != cfg.to_dict() and not args.overwrite:
+            diff = {k: (stored.get(k), v) for k, v in cfg.to_dict().items() if stored.get(k) != v}
+            raise ParameterError(f"Run {run_name!r} exists unfinished with other parameters {diff} (stored, "
+                                 "new). Fix: rerun with the same parameters to resume, --run-name NEW_NAME, or "
+                                 "--overwrite.")
+        print(f"Resuming unfinished run {run_name!r} with its stored parameters.")
+    if args.overwrite and run.root.exists():
+        archive_run(run)
+    return run_name, {"run_name": run_name, "profile": cfg.profile, "overrides": overrides}
+
+
+def run_series(args: argparse.Namespace) -> int:
+    import papermill as pm
+
+    overrides = collect_overrides(args)
+    run_name, first_params = validate(args, overrides)
+    selected = [nb for nb in NOTEBOOKS if not args.only or nb[:2] in args.only.split(",")]
+    run = RunDir(outputs_root() / run_name)
+    run.notebooks.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    print(f"Run directory: outputs/{run_name}/  (profile {first_params['profile']})")
+    for name in selected:
+        params = first_params if name.startswith("01") else {"run_name": run_name}
+        started = time.time()
+        print(f"\n=== {name} ===", flush=True)
+        try:
+            pm.execute_notebook(REPO_ROOT / "notebooks" / f"{name}.ipynb", run.notebooks / f"{name}.ipynb",
+                                parameters=params, kernel_name=args.kernel, progress_bar=False, log_output=True,
+                                cwd=REPO_ROOT / "notebooks")
+        except pm.PapermillExecutionError as err:
+            print(f"\nFAILED: notebooks/{name}.ipynb, cell {err.exec_count} ({err.ename}): {err.evalue}\n"
+                  f"The executed notebook with the traceback: outputs/{run_name}/notebooks/{name}.ipynb",
+                  file=sys.stderr)
+            return 1
+        print(f"=== {name} done in {time.time() - started:.0f} s ===", flush=True)
+    if run.report.exists():
+        print(f"\nReport: outputs/{run_name}/report.md")
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for noisy in ("papermill.translators", "traitlets", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = parse_args(argv)
+    try:
+        return run_series(args)
+    except (ParameterError, FileExistsError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

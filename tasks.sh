@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The README's two commands. Each creates .venv and installs what it needs on first use.
+#   bash tasks.sh run    # the whole series 01 -> 05 on the offline default (papermill), extra args go to the runner
+#   bash tasks.sh test   # unit tests, the end-to-end run and nbval on the committed notebooks
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+setup() {
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+  local stamp="$VENV/.installed-$(cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)"
+  [ -f "$stamp" ] && return 0
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+      "${pip[@]}" install "torch>=2.4"               # CUDA build from PyPI
+    else                                             # no GPU: the CPU build (~200 MB, not several GB)
+      "${pip[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu --retries 1 --timeout 20 \
+        || "${pip[@]}" install torch==2.13.0
+    fi
+  fi
+  "${pip[@]}" install -r requirements.txt -e .
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null  # kernel `python3` = this venv
+  touch "$stamp"
+}
+
+case "${1:-}" in
+  run)  shift; setup; exec "$VENV/bin/python" -m helpers.runner "$@" ;;
+  test) shift; setup; exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax --nbval-current-env "$@" ;;
+  *)    echo "usage: bash tasks.sh run [runner options] | bash tasks.sh test [pytest options]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,50 @@
+"""The runner's validation happens before any notebook starts: errors exit 2 with one clear message."""
+
+import pytest
+
+from helpers import runner
+from helpers.rundir import write_json
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORPO_OUTPUTS_DIR", str(tmp_path))
+    import papermill
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("a notebook started"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "learning_rate", "-1"], "`learning_rate` must be > 0"),
+    (["-p", "learnin_rate", "1e-3"], "Unknown parameter(s) ['learnin_rate']"),
+    (["--profile", "v100"], "Unknown profile 'v100'"),
+    (["--profile", "h100"], "needs a CUDA GPU"),
+    (["-p", "max_length", "4"], "too small"),
+    (["-p", "run_name", "x"], "Pass `run_name` with --run-name"),
+])
+def test_bad_parameters_exit_2_with_one_clear_message(outputs, capsys, argv, message):
+    assert runner.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("ERROR: ")
+    assert not any(outputs.iterdir()), "nothing may be written for a rejected run"
+
+
+def test_yaml_file_is_read_and_command_line_wins(tmp_path, outputs):
+    params = tmp_path / "p.yaml"
+    params.write_text("learning_rate: 1.0e-3\nmax_steps: 3\n")
+    args = runner.parse_args(["-f", str(params), "-p", "max_steps", "4"])
+    assert runner.collect_overrides(args) == {"learning_rate": 1e-3, "max_steps": 4}
+
+
+def test_unreadable_yaml_is_a_clear_error(tmp_path, outputs, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    assert runner.main(["-f", str(bad)]) == 2
+    assert "must hold a YAML mapping" in capsys.readouterr().err
+
+
+def test_finished_run_is_refused_without_overwrite(outputs, capsys):
+    write_json(outputs / "done" / "eval.json", {})
+    assert runner.main(["--run-name", "done"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (outputs / "done" / "eval.json").exists()
