@@ -11,6 +11,8 @@ def pytest_configure(config):
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the network
+    # A fake token: the end-to-end test checks that it never lands in a run directory.
+    os.environ["HF_TOKEN"] = "hf_FAKEtokenFORleakCHECKS0123456789abcdef"
 
 
 def pytest_collectstart(collector):

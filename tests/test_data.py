@@ -1,0 +1,65 @@
+import pytest
+from datasets import Dataset
+
+from helpers.data import DataError, drop_overlong, load_preference_split, subsample, to_explicit_prompt
+
+UF_ROW = {
+    "prompt": "What is 2 plus 2?",
+    "prompt_id": "abc",
+    "chosen": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"},
+               {"role": "assistant", "content": "4"}],
+    "rejected": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"},
+                 {"role": "assistant", "content": "5"}],
+    "score_chosen": 9.0, "score_rejected": 2.0,
+}
+
+
+def test_ultrafeedback_row_keeps_the_system_turn_in_the_prompt():
+    row = to_explicit_prompt(UF_ROW)
+    assert row["prompt"] == UF_ROW["chosen"][:-1]
+    assert row["chosen"] == [{"role": "assistant", "content": "4"}]
+    assert row["rejected"] == [{"role": "assistant", "content": "5"}]
+
+
+def test_plain_strings_become_conversational():
+    row = to_explicit_prompt({"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."})
+    assert row == {"prompt": [{"role": "user", "content": "Hi?"}],
+                   "chosen": [{"role": "assistant", "content": "Hello."}],
+                   "rejected": [{"role": "assistant", "content": "Go away."}]}
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"prompt": "x", "chosen": "y"}, "row 3: missing column 'rejected'"),
+    ({"prompt": "x", "chosen": 5, "rejected": "z"}, "row 3, column 'chosen': expected a string"),
+    ({"chosen": "y", "rejected": "z"}, "row 3: no prompt"),
+    ({"prompt": "x", "chosen": [{"role": "user", "content": "q"}, {"role": "user", "content": "a"}],
+      "rejected": "z"}, "column 'chosen': the last message has role 'user'"),
+])
+def test_bad_rows_name_row_and_column(row, match):
+    with pytest.raises(DataError, match=match):
+        to_explicit_prompt(row, 3, source="mine.jsonl")
+
+
+def test_drop_overlong_splits_at_max_length_inclusive():
+    ds = Dataset.from_dict({"pair_tokens": [10, 20, 30, 31]})
+    kept, dropped = drop_overlong(ds, 30)
+    assert kept["pair_tokens"] == [10, 20, 30] and dropped["pair_tokens"] == [31]
+
+
+def test_subsample_is_seeded_and_capped():
+    ds = Dataset.from_dict({"i": list(range(100))})
+    assert subsample(ds, 10, seed=1)["i"] == subsample(ds, 10, seed=1)["i"]
+    assert subsample(ds, 10, seed=1)["i"] != subsample(ds, 10, seed=2)["i"]
+    assert len(subsample(ds, 500, seed=1)) == 100
+
+
+def test_local_jsonl_and_unsupported_files(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    assert load_preference_split(str(path), "train")[0]["chosen"] == "b"
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("prompt,chosen,rejected\n")
+    with pytest.raises(DataError, match="unsupported file type '.csv'"):
+        load_preference_split(str(bad), "train")
+    with pytest.raises(DataError, match="not a dataset file"):
+        load_preference_split(str(tmp_path / "nope"), "train")

@@ -1,0 +1,67 @@
+import math
+
+import pytest
+import torch
+from transformers import MistralConfig, MistralForCausalLM
+
+from helpers.chat import CHAT_TEMPLATE
+from helpers.offline_default import train_tokenizer
+from helpers.scoring import generate_greedy, mean_answer_logps, preference_metrics
+
+TEXTS = ["What is 3 plus 4? 7", "Reverse the letters: c a t", "t a c", "Sort ascending: 5 2 9", "2 5 9"] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                             max_position_embeddings=128))
+    return model.eval(), tokenizer
+
+
+PROMPTS = [[{"role": "user", "content": "What is 3 plus 4?"}],
+           [{"role": "user", "content": "Reverse the letters: c a t"}],
+           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sort ascending: 5 2 9"}]]
+ANSWERS = [[{"role": "assistant", "content": "7"}], [{"role": "assistant", "content": "t a c t a c"}],
+           [{"role": "assistant", "content": "2 5 9"}]]
+
+
+def reference_logp(model, tokenizer, prompt, answer):
+    """One unpadded sequence, log_softmax by hand."""
+    p = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+    p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logprobs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    picked = [logprobs[t - 1, ids[t]].item() for t in range(len(p_ids), len(ids))]
+    return sum(picked) / len(picked)
+
+
+def test_batched_padded_scores_equal_one_by_one_reference(tiny):
+    model, tokenizer = tiny
+    expected = [reference_logp(model, tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS)]
+    for batch_size in (1, 2, 3):
+        got = mean_answer_logps(model, tokenizer, PROMPTS, ANSWERS, batch_size=batch_size)
+        assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_preference_metrics_math():
+    m = preference_metrics([-1.0, -2.0, -0.5], [-2.0, -1.0, -3.0], beta=0.1)
+    assert m["reward_accuracy"] == pytest.approx(2 / 3)
+    assert m["mean_margin"] == pytest.approx(0.1 * ((1.0 - 1.0 + 2.5) / 3))
+    chosen_odds = math.log(math.exp(-1.0) / (1 - math.exp(-1.0)))
+    rejected_odds = math.log(math.exp(-2.0) / (1 - math.exp(-2.0)))
+    assert preference_metrics([-1.0], [-2.0], 0.1)["mean_log_odds_ratio"] == pytest.approx(chosen_odds - rejected_odds)
+
+
+def test_left_padded_batch_generation_equals_one_by_one(tiny):
+    model, tokenizer = tiny
+    side = tokenizer.padding_side
+    together = generate_greedy(model, tokenizer, PROMPTS, max_new_tokens=5, batch_size=3)
+    alone = [generate_greedy(model, tokenizer, [p], max_new_tokens=5)[0] for p in PROMPTS]
+    assert together == alone
+    assert tokenizer.padding_side == side  # generation's left padding must not leak into training
