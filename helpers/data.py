@@ -14,6 +14,7 @@ from pathlib import Path
 from .offline_default import OFFLINE_DATASET_ID, ensure_offline_default
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+ROLES = {"system", "user", "assistant"}
 
 
 class DataError(ValueError):
@@ -34,11 +35,46 @@ def load_preference_split(dataset_id: str, split: str, *, seed: int = 0):
     if path.is_file():
         if path.suffix not in LOCAL_SUFFIXES:
             raise DataError(f"{path.name}: unsupported file type {path.suffix!r}. Fix: use .json, .jsonl or .parquet.")
-        return datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+        if LOCAL_SUFFIXES[path.suffix] == "json":
+            _check_json_file(path)
+        try:
+            return datasets.load_dataset(LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+        except Exception as err:  # pyarrow/datasets errors are long and cryptic: say which file, keep the cause
+            raise DataError(f"{path.name}: could not be read as {path.suffix} ({type(err).__name__}: "
+                            f"{str(err)[:200]}). Fix: check the file's format.") from None
     if path.exists() or dataset_id.startswith((".", "/", "~")):
         raise DataError(f"{dataset_id}: not a dataset file or a folder written by save_to_disk. Fix: pass a "
                         ".json/.jsonl/.parquet file, a save_to_disk folder, or a Hub id.")
     return _load_from_hub(dataset_id, split)
+
+
+def _check_json_file(path: Path) -> None:
+    """Readable, UTF-8, non-empty, and every line of a JSON Lines file is a JSON object: else one clear error."""
+    import json
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(f"{path.name}, line {line}: not UTF-8 text (byte {err.start}). Fix: re-save the file as "
+                        "UTF-8.") from None
+    if not text.strip():
+        raise DataError(f"{path.name}: the file is empty. Fix: point dataset_id at a file with preference pairs.")
+    if path.suffix == ".json" and text.lstrip().startswith("["):  # one JSON array
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path.name}, line {err.lineno}: invalid JSON ({err.msg}).") from None
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                if not isinstance(json.loads(line), dict):
+                    raise json.JSONDecodeError("expected an object", line, 0)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path.name}, line {number}: invalid JSON line ({err.msg}). Fix: one JSON "
+                                'object per line, e.g. {"prompt": ..., "chosen": ..., "rejected": ...}.') from None
 
 
 def _load_from_hub(dataset_id: str, split: str):
@@ -61,7 +97,11 @@ def _load_from_hub(dataset_id: str, split: str):
 def _as_messages(value, role: str, where: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
+    if isinstance(value, list) and value and all(isinstance(m, dict) and {"role", "content"} <= set(m)
+                                                 for m in value):
+        unknown = sorted({str(m["role"]) for m in value} - ROLES)
+        if unknown:
+            raise DataError(f"{where}: unknown role(s) {unknown}. Fix: use {sorted(ROLES)}.")
         return [{"role": m["role"], "content": m["content"]} for m in value]
     raise DataError(f"{where}: expected a string or a list of {{role, content}} messages, got "
                     f"{type(value).__name__}. Fix: use UltraFeedback's schema or plain strings.")
@@ -89,6 +129,58 @@ def to_explicit_prompt(example: dict, idx: int = 0, *, source: str = "data") -> 
             raise DataError(f"{source}, row {idx}, column {name!r}: the last message has role "
                             f"{answer['role']!r}, expected 'assistant'.")
     return {"prompt": prompt, "chosen": [chosen[-1]], "rejected": [rejected[-1]]}
+
+
+MAX_BAD_SHARE = 0.5  # above this, the data is more likely in the wrong format than a little dirty
+
+
+def normalize_pairs(dataset, source: str):
+    """Validate every row and convert it to the explicit-prompt format (notebook 02).
+
+    Missing columns stop here with one error. Bad *rows* (wrong types or roles, empty answers, chosen ==
+    rejected) are dropped and counted - unless they are the majority, which means a format problem: then
+    one error that names the first bad rows. Returns (clean dataset, report of what was dropped).
+    """
+    from collections import Counter
+
+    from datasets import Dataset
+
+    missing = {"chosen", "rejected"} - set(dataset.column_names)
+    if missing:
+        raise DataError(f"{source}: missing column(s) {sorted(missing)}; found {dataset.column_names}. Fix: "
+                        "provide prompt/chosen/rejected (strings or UltraFeedback-style message lists).")
+    rows, reasons, examples = [], Counter(), []
+    for idx, example in enumerate(dataset):
+        try:
+            row = to_explicit_prompt(example, idx, source=source)
+            problem = _content_problem(row)
+        except DataError as err:
+            problem, row = str(err).split(": ", 1)[-1], None
+        if problem:
+            reasons[problem.split(". Fix")[0].split(", got ")[0]] += 1
+            if len(examples) < 5:
+                examples.append(f"{source}, row {idx}: {problem}")
+        else:
+            rows.append(row)
+    bad = sum(reasons.values())
+    if not rows or bad > MAX_BAD_SHARE * len(dataset):
+        raise DataError(f"{source}: {bad} of {len(dataset)} rows are unusable ({dict(reasons)}), e.g. "
+                        f"{examples[:3]}. Fix: check the format (UltraFeedback schema or prompt/chosen/rejected "
+                        "strings).")
+    return Dataset.from_list(rows), {"rows": len(dataset), "dropped_bad_rows": bad, "reasons": dict(reasons),
+                                     "examples": examples}
+
+
+def _content_problem(row: dict) -> str | None:
+    """Why a well-formed row still can't train (None if it can)."""
+    for name in ("chosen", "rejected"):
+        if not isinstance(row[name][-1]["content"], str) or not row[name][-1]["content"].strip():
+            return f"column {name!r}: empty or whitespace-only answer"
+    if not any(isinstance(m["content"], str) and m["content"].strip() for m in row["prompt"]):
+        return "column 'prompt': empty prompt"
+    if row["chosen"][-1]["content"].strip() == row["rejected"][-1]["content"].strip():
+        return "chosen identical to rejected (no preference to learn)"
+    return None
 
 
 def token_lengths(example: dict, tokenizer) -> dict:

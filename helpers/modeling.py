@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,3 +84,17 @@ class Throughput(TrainerCallback):
                         "tokens_per_second_approx": round(self.tokens_per_step * steps / max(seconds, 1e-9), 1),
                         "peak_gpu_memory_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2)
                         if torch.cuda.is_available() else None}
+
+
+@contextmanager
+def explain_out_of_memory(cfg):
+    """Notebook 04: turn a CUDA out-of-memory crash into concrete advice (checkpoints already saved stay)."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        raise RuntimeError(
+            f"GPU out of memory (micro-batch {cfg.per_device_train_batch_size}, max_length {cfg.max_length}, "
+            f"gradient_checkpointing {cfg.gradient_checkpointing}). Fix, cheapest first: halve "
+            "per_device_train_batch_size and double gradient_accumulation_steps (same effective batch); set "
+            "gradient_checkpointing True; lower max_length (02 then drops more long pairs); restart the kernel "
+            "to free memory. Rerunning the same run resumes from its last checkpoint.") from err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 
 from .offline_default import OFFLINE_DATASET_ID, OFFLINE_MODEL_ID
@@ -133,6 +134,10 @@ def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_
     if profile in GPU_PROFILES and has_gpu is False:
         raise ParameterError(f"Profile {profile!r} needs a CUDA GPU and none was found. Fix: use `profile=tiny` "
                              "(runs on any CPU) or `profile=auto`, or run on a GPU machine.")
+    for name, value in overrides.items():  # a pasted token must never reach params.json or a log
+        if isinstance(value, str) and re.search(r"hf_[A-Za-z0-9]{20,}", value):
+            raise ParameterError(f"Parameter `{name}` looks like a Hugging Face token. Never pass a token as a "
+                                 "parameter: set HF_TOKEN in the environment or run `huggingface-cli login`.")
     values = {**PROFILES[profile], **overrides, "profile": profile}
     types = {f.name: f.type for f in fields(RunConfig)}
     for name, value in values.items():

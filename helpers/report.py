@@ -20,8 +20,10 @@ def write_report(run: RunDir, cfg, results: dict) -> None:
         "## Data",
     ]
     for split, info in data.items():
-        lines.append(f"- {split}: kept {info['kept']} pairs; dropped {info['dropped_too_long']} of "
-                     f"{info['measured']} measured as longer than max_length ({info['dropped_share']:.1%}).")
+        bad = info.get("dropped_bad_rows", 0)
+        lines.append(f"- {split}: kept {info['kept']} pairs; dropped {bad} unusable rows "
+                     f"{info.get('reasons') or ''} and {info['dropped_too_long']} of {info['measured']} measured "
+                     f"as longer than max_length ({info['dropped_share']:.1%}).")
     if train:
         lines += ["", "## Training",
                   f"- {train.get('global_step')} steps in {train.get('train_seconds')} s "

@@ -63,3 +63,52 @@ def test_local_jsonl_and_unsupported_files(tmp_path):
         load_preference_split(str(bad), "train")
     with pytest.raises(DataError, match="not a dataset file"):
         load_preference_split(str(tmp_path / "nope"), "train")
+
+
+def write(tmp_path, name, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("empty.jsonl", b"  \n", "empty.jsonl: the file is empty"),
+    ("broken.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen"\n',
+     "broken.jsonl, line 2: invalid JSON line"),
+    ("list.jsonl", b'["not", "an object"]\n', "list.jsonl, line 1: invalid JSON line"),
+    ("latin1.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "caf\xe9"}\n',
+     "latin1.jsonl, line 2: not UTF-8"),
+    ("array.json", b'[{"prompt": "a",\n "chosen": }]', "array.json, line 2: invalid JSON"),
+])
+def test_unreadable_files_name_file_and_line(tmp_path, name, content, match):
+    with pytest.raises(DataError, match=match):
+        load_preference_split(write(tmp_path, name, content), "train")
+
+
+def good(i):
+    return {"prompt": f"q{i}", "chosen": f"right {i}", "rejected": f"wrong {i}"}
+
+
+def test_a_minority_of_bad_rows_is_dropped_and_counted():
+    from helpers.data import normalize_pairs
+    rows = [good(i) for i in range(8)]
+    rows[2] = {"prompt": "q", "chosen": "   ", "rejected": "x"}
+    rows[5] = {"prompt": "q", "chosen": "same", "rejected": "same"}
+    clean, report = normalize_pairs(Dataset.from_list(rows), source="mine.jsonl")
+    assert len(clean) == 6 and report["dropped_bad_rows"] == 2
+    assert report["reasons"] == {"column 'chosen': empty or whitespace-only answer": 1,
+                                 "chosen identical to rejected (no preference to learn)": 1}
+    assert report["examples"][0].startswith("mine.jsonl, row 2:")
+
+
+def test_mostly_bad_rows_or_missing_columns_are_one_clear_error():
+    from helpers.data import normalize_pairs
+    def conversation(role):
+        return [{"role": "user", "content": "q"}, {"role": role, "content": "a"}]
+    bad_roles = [{"prompt": "q", "chosen": conversation("bot"), "rejected": conversation("assistant")}] * 3
+    bad_roles += [{"prompt": "q", "chosen": conversation("assistant"),
+                   "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}]
+    with pytest.raises(DataError, match=r"3 of 4 rows are unusable.*unknown role\(s\) \['bot'\]"):
+        normalize_pairs(Dataset.from_list(bad_roles), source="mine.jsonl")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['rejected'\]"):
+        normalize_pairs(Dataset.from_list([{"prompt": "q", "chosen": "a"}]), source="mine.jsonl")
