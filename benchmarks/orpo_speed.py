@@ -1,0 +1,510 @@
+"""ORPO + QLoRA speed at real scale: the seed recipe vs the project's fast path, on a Mistral-7B-shaped model.
+
+    python benchmarks/orpo_speed.py --out benchmarks/results/h100.json        # GPU only, ~6-8 minutes on an H100
+
+Speed and memory do not depend on the weights, so the model has Mistral-7B-v0.1's exact config with random weights
+(built on the GPU in bf16, saved, reloaded in 4-bit nf4 through the same `from_pretrained` call as the real one), a
+32,000-token word-level tokenizer built offline, and synthetic preference pairs with UltraFeedback-like lengths.
+In one run it measures:
+  seed   TRL ORPOTrainer: batch 2 x grad-accum 4, full gradient checkpointing, paged_adamw_8bit, LoRA r16 (dropout 0.05)
+  fast   helpers.fast_orpo.FastORPOTrainer with the h100 profile's settings (see FAST below)
+  t4     the t4 profile's settings (fp16, fp16 compute dtype), peak memory only (a T4 has 15 GiB)
+  eval   held-out scoring of --eval-pairs pairs: helpers.fast_orpo.score_pairs vs ORPOTrainer.evaluate (the latter on
+         a subset, extrapolated linearly; the output says so)
+  same   the fast loss path vs TRL's on one fixed batch, same model and autocast: loss, NLL and odds-ratio parts
+Tokens/s counts real tokens only: non-pad tokens of chosen + rejected, prompt tokens included (the prompt is read
+twice, once per answer). Warm-up steps are excluded from timing; peak memory covers all steps (the longest batch
+comes first under length grouping). `--tiny` runs the same plumbing on a tiny model (CPU ok): a smoke test only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+MISTRAL_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=128, sliding_window=4096, rope_theta=10000.0,
+                  max_position_embeddings=32768, rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False,
+                  bos_token_id=1, eos_token_id=2)
+TINY = dict(MISTRAL_7B, vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+LORA = dict(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"], bias="none", task_type="CAUSAL_LM")
+MAX_LENGTH = 1024
+# The seed recipe, verbatim.
+SEED = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=True,
+            optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.05, trainer="ORPOTrainer")
+# The project's fast path for the h100 profile (notebook 04 uses these; the lead wires them into helpers/profiles.py).
+# checkpoint_layers=20: the last 12 of 32 layers keep their activations (~2 GiB each at 8 pairs of <= 1,024 tokens)
+# and skip the recompute; measured on an H100 (benchmarks/results/h100.json) as the fastest setting under 40 GiB.
+FAST = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, gradient_checkpointing=True,
+            checkpoint_layers=20, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
+            train_sampling_strategy="group_by_length", use_liger_kernel=True, trainer="FastORPOTrainer")
+# The t4 profile (fp16 everywhere: a T4 has no bf16). Same pairs per optimizer step as the seed.
+T4 = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=True,
+          checkpoint_layers=None, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
+          train_sampling_strategy="group_by_length", use_liger_kernel=False, trainer="FastORPOTrainer")
+LIGER_CONFIG = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                "fused_linear_cross_entropy": False}  # the loss path is ours: no logits-materializing patches
+GIB = 2**30
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def build_tokenizer(vocab_size: int):
+    """A fast word-level tokenizer: <unk>, <s>, </s> + words w0..wN, split on whitespace. No download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(vocab_size - 3)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>")
+
+
+def synthetic_pairs(n: int, vocab_size: int, seed: int, max_length: int = MAX_LENGTH) -> list[dict]:
+    """Pairs with UltraFeedback-like, right-skewed lengths (lognormal prompt/chosen/rejected, in tokens).
+
+    Pairs whose prompt + longer answer (+ BOS/EOS) exceed max_length are redrawn: the project drops overlong pairs
+    rather than truncating them (PITFALLS 2-3). Words are Zipf-distributed ids (one word = one token).
+    """
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, vocab_size - 2)
+    p_word = 1.0 / ranks
+    p_word /= p_word.sum()
+    rows = []
+    while len(rows) < n:
+        p = max(4, int(rng.lognormal(np.log(135), 1.0)))
+        c = max(8, int(rng.lognormal(np.log(300), 0.7)))
+        r = max(8, int(rng.lognormal(np.log(250), 0.8)))
+        if p + max(c, r) + 2 > max_length:
+            continue
+        words = rng.choice(len(ranks), size=p + c + r, p=p_word)
+        text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
+        rows.append({"prompt": text(words[:p]), "chosen": " " + text(words[p:p + c]),
+                     "rejected": " " + text(words[p + c:])})
+    return rows
+
+
+def build_and_save_model(path: Path, config: dict, device: str, dtype: torch.dtype, tokenizer) -> float:
+    """Random-weight Mistral with `config`, built directly on `device` in `dtype`, saved with save_pretrained."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    t0 = time.perf_counter()
+    cfg = MistralConfig(**config, dtype=dtype)
+    with torch.device(device):
+        torch.manual_seed(0)
+        model = MistralForCausalLM(cfg).to(dtype)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
+    gc.collect()
+    empty_cache()
+    return time.perf_counter() - t0
+
+
+def load_4bit(path: Path, compute_dtype: torch.dtype, device: str):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=compute_dtype)
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, dtype=compute_dtype,
+                                                attn_implementation="sdpa", device_map={"": device})
+
+
+# ----------------------------------------------------------------------------------------------- measuring
+
+
+def empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> dict:
+    if not torch.cuda.is_available():
+        return {"peak_allocated_gib": None, "peak_reserved_gib": None}
+    return {"peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2)}
+
+
+def timed(trainer_cls):
+    """`trainer_cls` + counting of real tokens per optimizer step and a wall-clock stamp at each step's end."""
+    from transformers import TrainerCallback
+
+    class Stamps(TrainerCallback):
+        def __init__(self, owner):
+            self.owner = owner
+
+        def on_step_end(self, args, state, control, **kw):
+            sync()
+            self.owner.stamps.append((time.perf_counter(), self.owner.tokens_now, self.owner.padded_now))
+            self.owner.tokens_now = self.owner.padded_now = 0
+
+    class Timed(trainer_cls):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.stamps, self.tokens_now, self.padded_now = [], 0, 0
+            self.add_callback(Stamps(self))
+
+        def compute_loss(self, model, inputs, *a, **kw):
+            if model.training:
+                self.tokens_now += int(inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum())
+                width = max(inputs["chosen_input_ids"].shape[1], inputs["rejected_input_ids"].shape[1])
+                self.padded_now += 2 * inputs["chosen_input_ids"].shape[0] * width
+            return super().compute_loss(model, inputs, *a, **kw)
+
+    Timed.__name__ = trainer_cls.__name__
+    return Timed
+
+
+def throughput(stamps: list, warmup: int, t_start: float) -> dict:
+    """Tokens/s and s/step over the steps after `warmup` (each stamp: end time, real tokens, padded tokens)."""
+    ends = [t_start] + [s[0] for s in stamps]
+    timed_steps = stamps[warmup:]
+    seconds = ends[-1] - ends[warmup]
+    tokens = sum(s[1] for s in timed_steps)
+    padded = sum(s[2] for s in timed_steps)
+    return {"timed_steps": len(timed_steps), "warmup_steps": warmup, "seconds": round(seconds, 2),
+            "s_per_step": round(seconds / max(1, len(timed_steps)), 3),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+            "real_tokens": tokens, "padding_fraction": round(1 - tokens / max(1, padded), 3)}
+
+
+def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, precision: str, use_cpu: bool,
+                 eval_data=None, peft=True):
+    from peft import LoraConfig
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from helpers.fast_orpo import FastORPOTrainer
+
+    optim = kind["optim"] if torch.cuda.is_available() else "adamw_torch"  # paged 8-bit Adam is CUDA-only
+    fields = dict(per_device_train_batch_size=kind["per_device_train_batch_size"],
+                  gradient_accumulation_steps=kind["gradient_accumulation_steps"],
+                  gradient_checkpointing=kind["gradient_checkpointing"], optim=optim,
+                  learning_rate=kind["learning_rate"], beta=kind["beta"], max_length=MAX_LENGTH,
+                  lr_scheduler_type="linear", warmup_steps=1, max_steps=steps, logging_steps=10_000,
+                  save_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
+                  output_dir=str(out_dir), bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=use_cpu,
+                  per_device_eval_batch_size=8, dataloader_num_workers=0, seed=0)
+    if kind.get("train_sampling_strategy"):
+        fields["train_sampling_strategy"] = kind["train_sampling_strategy"]
+    if kind.get("use_liger_kernel"):
+        fields.update(use_liger_kernel=True, liger_kernel_config=LIGER_CONFIG)
+    cls = timed(FastORPOTrainer if kind["trainer"] == "FastORPOTrainer" else ORPOTrainer)
+    peft_config = LoraConfig(lora_dropout=kind["lora_dropout"], **LORA) if peft else None
+    trainer = cls(model=model, args=ORPOConfig(**fields), train_dataset=data, eval_dataset=eval_data,
+                  processing_class=tokenizer, peft_config=peft_config)
+    if kind["trainer"] == "FastORPOTrainer":
+        trainer.checkpoint_layers = kind.get("checkpoint_layers")
+    return trainer
+
+
+def run_training(name: str, trainer, warmup: int) -> dict:
+    gc.collect()
+    empty_cache()
+    reset_peak()
+    log(f"{name}: training {trainer.args.max_steps} steps ({warmup} warm-up)")
+    sync()
+    t0 = time.perf_counter()
+    trainer.train()
+    res = throughput(trainer.stamps, warmup, t0)
+    res.update(peak_gib())
+    log(f"{name}: {res}")
+    return res
+
+
+def free() -> None:
+    gc.collect()
+    empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def same_math(trainer, n_pairs: int = 4) -> dict:
+    """Fast vs TRL loss path on one fixed batch, same model, same autocast, no grad."""
+    from trl.experimental.orpo import ORPOTrainer
+
+    rows = [trainer.train_dataset[i] for i in range(n_pairs)]
+    batch = trainer._prepare_inputs(trainer.data_collator(rows))
+    model = trainer.model
+    dtype = torch.bfloat16 if trainer.args.bf16 else (torch.float16 if trainer.args.fp16 else None)
+    ctx = torch.autocast(trainer.accelerator.device.type, dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
+    out = {}
+    was = model.training
+    model.eval()
+    with torch.no_grad(), ctx:
+        for name, fwd, drop in (("trl", ORPOTrainer.concatenated_forward, True),
+                                ("fast", type(trainer).concatenated_forward, True),
+                                ("fast_mask_kept", type(trainer).concatenated_forward, False)):
+            trainer.drop_padding_mask = drop
+            c, r, _, _, nll = fwd(trainer, model, batch)
+            ratio_terms = trainer.odds_ratio_loss(c, r)[0]
+            out[name] = {"loss": float(nll - ratio_terms.mean()), "nll": float(nll), "odds_ratio": float(ratio_terms.mean())}
+    model.train(was)
+    trainer.drop_padding_mask = type(trainer).drop_padding_mask
+    out["max_rel_diff_mask_kept"] = max(abs(out["fast_mask_kept"][k] - out["trl"][k]) / max(abs(out["trl"][k]), 1e-12)
+                                        for k in out["trl"])
+    out["max_rel_diff"] = max(abs(out["fast"][k] - out["trl"][k]) / max(abs(out["trl"][k]), 1e-12) for k in out["trl"])
+    out["ok_1e-3"] = out["max_rel_diff"] <= 1e-3
+    out["ok_1e-3_mask_kept"] = out["max_rel_diff_mask_kept"] <= 1e-3
+    return out
+
+
+def eval_speed(trainer, tokenized_eval, subset: int, precision: str) -> dict:
+    """score_pairs on all of `tokenized_eval` vs ORPOTrainer.evaluate on the first `subset` pairs (extrapolated)."""
+    from helpers.fast_orpo import score_pairs, summarize_scores
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    n = len(tokenized_eval)
+    sub = tokenized_eval.select(range(subset))
+    gc.collect()
+    empty_cache()
+    sync()
+    t0 = time.perf_counter()
+    metrics = trainer.evaluate(eval_dataset=sub)
+    sync()
+    t_eval = time.perf_counter() - t0
+    sync()
+    t0 = time.perf_counter()
+    scores_sub = score_pairs(trainer.model, [sub[i] for i in range(subset)], dtype=dtype,
+                             pad_token_id=trainer.padding_value)
+    sync()
+    t_sub = time.perf_counter() - t0
+    rows = [tokenized_eval[i] for i in range(n)]
+    sync()
+    t0 = time.perf_counter()
+    scores = score_pairs(trainer.model, rows, dtype=dtype, pad_token_id=trainer.padding_value)
+    sync()
+    t_all = time.perf_counter() - t0
+    fast_sub = summarize_scores(scores_sub, trainer.beta)
+    return {
+        "pairs": n, "evaluate_pairs_run": subset, "evaluate_seconds_measured": round(t_eval, 2),
+        "evaluate_seconds_extrapolated": round(t_eval * n / subset, 1),
+        "evaluate_extrapolated": "linearly, from the subset" if subset < n else "no (all pairs run)",
+        "evaluate_batch_size": trainer.args.per_device_eval_batch_size,
+        "scorer_seconds": round(t_all, 2), "speedup": round(t_eval * n / subset / t_all, 1),
+        "agreement_on_subset": {"evaluate_logps_chosen": metrics.get("eval_logps/chosen"),
+                                "scorer_logps_chosen": fast_sub["eval_logps/chosen"],
+                                "evaluate_logps_rejected": metrics.get("eval_logps/rejected"),
+                                "scorer_logps_rejected": fast_sub["eval_logps/rejected"],
+                                "scorer_seconds_subset": round(t_sub, 2)},
+    }
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ["torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "liger-kernel",
+                 "triton", "tokenizers"]:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def print_table(result: dict) -> None:
+    rows = [("config", "tokens/s", "s/step", "pairs/step", "pad frac", "peak alloc GiB", "peak reserved GiB")]
+    for name, r in result["runs"].items():
+        if "tokens_per_s" in r:
+            rows.append((name, f"{r['tokens_per_s']:.0f}", f"{r['s_per_step']:.2f}", str(r.get("pairs_per_step")),
+                         f"{r['padding_fraction']:.2f}", str(r["peak_allocated_gib"]), str(r["peak_reserved_gib"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print("\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows))
+    s = result["summary"]
+    print(f"\nfast / seed tokens/s: {s.get('speedup_fast_over_seed')}x (target >= 4.0, peak <= 40 GiB)")
+    if "t4_peak_allocated_gib" in s:
+        print(f"t4 settings peak memory: {s['t4_peak_allocated_gib']} GiB allocated (target <= 14)")
+    if "eval" in result:
+        e = result["eval"]
+        print(f"held-out scoring of {e['pairs']} pairs: scorer {e['scorer_seconds']} s vs ORPOTrainer.evaluate "
+              f"{e['evaluate_seconds_extrapolated']} s ({e['evaluate_extrapolated']}; ran {e['evaluate_pairs_run']} "
+              f"pairs in {e['evaluate_seconds_measured']} s): {e['speedup']}x")
+    if "same_math" in result:
+        m = result["same_math"]
+        print(f"same math on one batch (loss, NLL, odds-ratio part vs TRL): max relative difference "
+              f"{m['max_rel_diff']:.2e} with the mask dropped (ok <= 1e-3: {m['ok_1e-3']}), "
+              f"{m.get('max_rel_diff_mask_kept', float('nan')):.2e} with it kept")
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help="JSON result path (default: $OUT/orpo_speed.json or ./orpo_speed.json)")
+    ap.add_argument("--work-dir", default="/tmp/orpo_speed", help="where the random model is saved")
+    ap.add_argument("--train-pairs", type=int, default=1600)
+    ap.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from timing")
+    ap.add_argument("--seed-steps", type=int, default=8, help="timed optimizer steps of the seed recipe")
+    ap.add_argument("--fast-steps", type=int, default=30, help="timed optimizer steps of the fast path")
+    ap.add_argument("--t4-steps", type=int, default=2, help="steps of the t4 settings (peak memory only)")
+    ap.add_argument("--eval-pairs", type=int, default=2000)
+    ap.add_argument("--evaluate-subset", type=int, default=64, help="pairs ORPOTrainer.evaluate runs (extrapolated)")
+    ap.add_argument("--variants", default="", help="extra fast-path variants on the same model, e.g. '8:16,4:8' "
+                    "= micro-batch:checkpointed-layers (grad-accum keeps 8 pairs per step)")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,eval")
+    ap.add_argument("--tiny", action="store_true", help="smoke test of the plumbing on a tiny model (CPU ok)")
+    a = ap.parse_args(argv)
+    skip = set(filter(None, a.skip.split(",")))
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not a.tiny:
+        sys.exit("orpo_speed.py needs a CUDA GPU (it trains a 7B-shaped model in 4-bit). "
+                 "Use --tiny for a CPU smoke test of the plumbing; its numbers mean nothing.")
+    device = "cuda" if cuda else "cpu"
+    precision = "bf16" if cuda else "no"
+    config = TINY if a.tiny else MISTRAL_7B
+    if a.tiny:
+        a.train_pairs, a.eval_pairs, a.evaluate_subset = min(a.train_pairs, 48), min(a.eval_pairs, 16), min(a.evaluate_subset, 8)
+        a.seed_steps, a.fast_steps, a.t4_steps, a.warmup = min(a.seed_steps, 2), min(a.fast_steps, 2), 1, 1
+    out_path = Path(a.out or os.path.join(os.environ.get("OUT", "."), "orpo_speed.json"))
+    work = Path(a.work_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    from helpers.fast_orpo import pair_length
+
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tiny": a.tiny,
+              "gpu": torch.cuda.get_device_name() if cuda else None, "versions": versions(),
+              "model": {k: config[k] for k in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                               "num_attention_heads", "num_key_value_heads", "sliding_window",
+                                               "rope_theta", "max_position_embeddings", "rms_norm_eps"]},
+              "quantization": "bnb 4-bit nf4, double quant, compute dtype = training dtype; sdpa attention",
+              "lora": {k: v for k, v in LORA.items() if k != "task_type"},
+              "settings": {"seed": SEED, "fast": FAST, "t4": T4, "max_length": MAX_LENGTH,
+                           "liger_kernel_config": LIGER_CONFIG},
+              "runs": {}, "summary": {}, "args": vars(a)}
+
+    def save():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2))
+
+    log(f"device {device} {result['gpu']}; versions {result['versions']}")
+    tokenizer = build_tokenizer(config["vocab_size"])
+    train_rows = synthetic_pairs(a.train_pairs, config["vocab_size"], seed=0)
+    eval_rows = synthetic_pairs(a.eval_pairs, config["vocab_size"], seed=1)
+    train = datasets.Dataset.from_list(train_rows)
+    evald = datasets.Dataset.from_list(eval_rows)
+    path = work / "model"
+    secs = build_and_save_model(path, config, device, torch.bfloat16 if cuda else torch.float32, tokenizer)
+    log(f"built + saved random model in {secs:.1f} s")
+    result["setup_seconds"] = {"build_and_save": round(secs, 1)}
+
+    # --- t4 settings first: liger (used by `fast`) patches transformers' Mistral classes for the whole process.
+    if "t4" not in skip:
+        t0 = time.perf_counter()
+        model = load_4bit(path, torch.float16 if cuda else torch.float32, device)
+        result["setup_seconds"]["load_4bit"] = round(time.perf_counter() - t0, 1)
+        tr = make_trainer(T4, model, train, tokenizer, work / "t4", a.warmup + a.t4_steps,
+                          "fp16" if cuda else "no", not cuda)
+        r = run_training("t4", tr, a.warmup)
+        r["pairs_per_step"] = T4["per_device_train_batch_size"] * T4["gradient_accumulation_steps"]
+        result["runs"]["t4_settings"] = r
+        result["summary"]["t4_peak_allocated_gib"] = r["peak_allocated_gib"]
+        del tr, model
+        free()
+        save()
+
+    # --- seed recipe, then held-out evaluation speed on the same model (before liger patches anything).
+    if "seed" not in skip:
+        model = load_4bit(path, torch.bfloat16 if cuda else torch.float32, device)
+        eval_sub = evald.select(range(a.evaluate_subset))
+        tr = make_trainer(SEED, model, train, tokenizer, work / "seed", a.warmup + a.seed_steps, precision, not cuda,
+                          eval_data=eval_sub)
+        r = run_training("seed", tr, a.warmup)
+        r["pairs_per_step"] = SEED["per_device_train_batch_size"] * SEED["gradient_accumulation_steps"]
+        result["runs"]["seed"] = r
+        result["summary"]["mean_pair_tokens_train"] = round(float(np.mean(
+            [len(x["chosen_input_ids"]) + len(x["rejected_input_ids"]) for x in tr.train_dataset])), 1)
+        result["summary"]["max_pair_length_train"] = max(pair_length(x) for x in tr.train_dataset)
+        save()
+        if "eval" not in skip:
+            tokenized_eval = evald.map(tr.tokenize_row)
+            result["eval"] = eval_speed(tr, tokenized_eval, a.evaluate_subset, precision)
+            log(f"eval: {result['eval']}")
+            save()
+        del tr, model
+        free()
+
+    # --- the fast path (what notebook 04 runs for the h100 profile), then optional variants on the same model.
+    if "fast" not in skip:
+        model = load_4bit(path, torch.bfloat16 if cuda else torch.float32, device)
+        fast = dict(FAST, use_liger_kernel=FAST["use_liger_kernel"] and cuda)
+        tr = make_trainer(fast, model, train, tokenizer, work / "fast", a.warmup + a.fast_steps, precision, not cuda)
+        r = run_training("fast", tr, a.warmup)
+        r["pairs_per_step"] = FAST["per_device_train_batch_size"] * FAST["gradient_accumulation_steps"]
+        result["runs"]["fast"] = r
+        result["same_math"] = same_math(tr)
+        log(f"same math: {result['same_math']}")
+        save()
+        peft_model = tr.model
+        del tr
+        free()
+        for spec in filter(None, a.variants.split(",")):
+            mb, ck = (int(x) for x in spec.split(":"))
+            kind = dict(fast, per_device_train_batch_size=mb, gradient_accumulation_steps=max(1, 8 // mb),
+                        checkpoint_layers=ck, gradient_checkpointing=ck > 0)
+            name = f"fast_mb{mb}_ckpt{ck}"
+            try:
+                vt = make_trainer(kind, peft_model, train, tokenizer, work / name, a.warmup + a.seed_steps,
+                                  precision, not cuda, peft=False)
+                r = run_training(name, vt, a.warmup)
+                r["pairs_per_step"] = mb * max(1, 8 // mb)
+                result["runs"][name] = r
+                del vt
+            except torch.OutOfMemoryError as e:
+                result["runs"][name] = {"error": f"OOM: {str(e)[:200]}"}
+                log(f"{name}: OOM")
+            free()
+            save()
+
+    runs = result["runs"]
+    if "seed" in runs and "fast" in runs:
+        result["summary"]["speedup_fast_over_seed"] = round(runs["fast"]["tokens_per_s"] / runs["seed"]["tokens_per_s"], 2)
+        result["summary"]["fast_peak_allocated_gib"] = runs["fast"]["peak_allocated_gib"]
+    save()
+    print_table(result)
+    log(f"wrote {out_path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""FastORPOTrainer computes TRL's ORPO loss (and both of its parts), only faster; the scorer matches it too.
+
+CPU, offline, seconds: a tiny random MistralForCausalLM (hidden 64, 2 layers, vocab 300) and a word-level tokenizer
+built with `tokenizers`. Pairs have varied prompt and answer lengths so that padding, prompt masking and the
+"drop the mask when right-padded" shortcut are all exercised.
+"""
+
+import os
+import random
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import pytest
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+from helpers.fast_orpo import FastORPOTrainer, LengthGroupedPairSampler, is_right_padded, score_pairs
+
+VOCAB = 300
+RTOL = 1e-3
+
+
+def _tokenizer():
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(VOCAB - 3)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>")
+
+
+def _pairs(n=8, seed=0):
+    rng = random.Random(seed)
+    words = lambda k: " ".join(f"w{rng.randrange(VOCAB - 3)}" for _ in range(k))  # noqa: E731
+    return [{"prompt": words(rng.randint(2, 12)), "chosen": " " + words(rng.randint(1, 20)),
+             "rejected": " " + words(rng.randint(1, 20))} for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = MistralForCausalLM(cfg).float()
+    tok = _tokenizer()
+    args = ORPOConfig(output_dir=str(tmp_path_factory.mktemp("orpo")), bf16=False, use_cpu=True, beta=0.1,
+                      max_length=64, per_device_train_batch_size=4, gradient_checkpointing=False, report_to="none")
+    data = Dataset.from_list(_pairs())
+    trl = ORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    fast = FastORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    batch = trl._prepare_inputs(trl.data_collator([trl.train_dataset[i] for i in range(len(data))]))
+    return model, trl, fast, batch
+
+
+def _rel(a, b):
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+def test_batch_is_padded_and_varied(setup):
+    _, trl, _, batch = setup
+    mask = trl.concatenated_inputs(batch, padding_value=0)["concatenated_attention_mask"]
+    assert (mask == 0).any(), "the fixed batch must contain padding, or the mask shortcut is untested"
+    assert is_right_padded(mask)
+    assert not is_right_padded(mask.flip(1))
+
+
+def test_loss_and_both_parts_match_trl(setup):
+    model, trl, fast, batch = setup
+    model.eval()
+    with torch.no_grad():
+        loss_t, m_t = trl.get_batch_loss_metrics(model, batch)
+        loss_f, m_f = fast.get_batch_loss_metrics(model, batch)
+    assert _rel(loss_f, loss_t) < RTOL
+    for key in ["nll_loss", "log_odds_ratio", "log_odds_chosen", "logps/chosen", "logps/rejected",
+                "rewards/margins"]:
+        assert _rel(m_f[key], m_t[key]) < RTOL, (key, m_f[key], m_t[key])
+    # The logged mean logit averages pad positions too (as TRL's does); their values depend on the mask, so this
+    # one metric matches only with the mask kept. Nothing the loss reads depends on it (checked above).
+    fast.drop_padding_mask = False
+    try:
+        with torch.no_grad():
+            m_f = fast.get_batch_loss_metrics(model, batch)[1]
+    finally:
+        fast.drop_padding_mask = True
+    for key in ["logits/chosen", "logits/rejected"]:
+        assert _rel(m_f[key], m_t[key]) < RTOL, (key, m_f[key], m_t[key])
+    # The NLL and odds-ratio parts are not trivially equal (a guard against a degenerate test).
+    assert abs(m_t["nll_loss"]) > 1.0 and abs(m_t["log_odds_ratio"]) > 1e-3
+
+
+def test_gradients_match_trl(setup):
+    model, trl, fast, batch = setup
+    model.train()
+    grads = []
+    for trainer in (trl, fast):
+        model.zero_grad()
+        trainer.get_batch_loss_metrics(model, batch)[0].backward()
+        grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert _rel(grads[1][name], grads[0][name]) < RTOL, name
+    model.zero_grad()
+
+
+def test_chunking_and_mask_do_not_change_the_loss(setup):
+    model, _, fast, batch = setup
+    model.eval()
+    with torch.no_grad():
+        ref = fast.get_batch_loss_metrics(model, batch)[0]
+        fast.logits_chunk, fast.drop_padding_mask = 7, False  # tiny chunks, mask kept
+        try:
+            other = fast.get_batch_loss_metrics(model, batch)[0]
+        finally:
+            fast.logits_chunk, fast.drop_padding_mask = FastORPOTrainer.logits_chunk, True
+    assert _rel(other, ref) < 1e-5
+
+
+def test_scorer_matches_trl_logps(setup):
+    model, trl, _, batch = setup
+    rows = [trl.train_dataset[i] for i in range(len(trl.train_dataset))]
+    model.eval()
+    with torch.no_grad():
+        chosen, rejected = trl.concatenated_forward(model, batch)[:2]
+    scores = score_pairs(model, rows, max_batch_tokens=50, pad_token_id=0)  # several small batches
+    assert _rel(scores["chosen_logps"], chosen) < RTOL
+    assert _rel(scores["rejected_logps"], rejected) < RTOL
+
+
+def test_length_grouped_sampler():
+    rng = random.Random(1)
+    lengths = [rng.randint(10, 1000) for _ in range(203)]
+    idx = list(LengthGroupedPairSampler(lengths, batch_size=8, mega_batch_mult=5, seed=3))
+    assert sorted(idx) == list(range(len(lengths)))  # a permutation: every pair once
+    batches = [idx[i : i + 8] for i in range(0, len(idx), 8)]
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # longest first: OOM at step 1
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    shuffled = list(range(len(lengths)))
+    rng.shuffle(shuffled)
+    padded_random = sum(8 * max(lengths[i] for i in shuffled[j : j + 8]) for j in range(0, len(shuffled), 8))
+    assert padded < 0.75 * padded_random  # much less padding than random batches
