@@ -10,7 +10,7 @@ PYTHON="${PYTHON:-python3}"
 setup() {
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-  local stamp="$VENV/.installed-$(cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)"
+  local stamp="$VENV/.installed-$(cat requirements*.txt pyproject.toml | cksum | cut -d' ' -f1)"
   [ -f "$stamp" ] && return 0
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
@@ -20,7 +20,9 @@ setup() {
         || "${pip[@]}" install torch==2.13.0
     fi
   fi
-  "${pip[@]}" install -r requirements.txt -e .
+  local reqs=requirements.txt
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then reqs=requirements-gpu.txt; fi
+  "${pip[@]}" install -r "$reqs" -e .
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null  # kernel `python3` = this venv
   touch "$stamp"
 }

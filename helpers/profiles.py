@@ -52,6 +52,10 @@ class RunConfig:
     warmup_ratio: float = 0.05
     lr_scheduler_type: str = "linear"
     gradient_checkpointing: bool = False
+    # ---- GPU speed (notebook 04; measured in benchmarks/orpo_speed.py) -------------------------------------
+    fast_orpo_trainer: bool = False             # helpers.fast_orpo.FastORPOTrainer: same loss, chunked logits
+    checkpoint_layers: int = -1                 # with the fast trainer: checkpoint only the first k layers; -1 = all
+    use_liger_kernel: bool = False              # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (GPU, if installed)
     eval_steps: int = 50
     logging_steps: int = 10
     save_steps: int = 50
@@ -69,16 +73,19 @@ class RunConfig:
 _GPU_COMMON = dict(
     model_id=MISTRAL_7B, dataset_id=ULTRAFEEDBACK, max_length=1024, learning_rate=5e-5,
     lr_scheduler_type="cosine", warmup_ratio=0.1, max_steps=-1, eval_steps=100, logging_steps=10,
-    save_steps=100, eval_batch_size=8, max_new_tokens=128, n_generation_examples=4,
+    save_steps=100, eval_batch_size=8, max_new_tokens=128, n_generation_examples=4, gradient_checkpointing=True,
+    fast_orpo_trainer=True,
 )
+# Batch sizes and checkpointed layers as measured on an H100 (benchmarks/results/h100.json): peak memory
+# t4 ~8.5 GiB (16 GB card), a100 ~27 GiB (fits 40 GB), h100 ~35 GiB.
 PROFILES: dict[str, dict] = {
     "tiny": {},
-    "t4": {**_GPU_COMMON, "n_train": 1000, "n_eval": 200, "lora_dropout": 0.05,
-           "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8, "gradient_checkpointing": True},
-    "a100": {**_GPU_COMMON, "n_train": 5000, "n_eval": 500,
-             "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "gradient_checkpointing": True},
-    "h100": {**_GPU_COMMON, "n_train": 10000, "n_eval": 2000,
-             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "gradient_checkpointing": True},
+    "t4": {**_GPU_COMMON, "n_train": 1000, "n_eval": 200,
+           "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4},
+    "a100": {**_GPU_COMMON, "n_train": 5000, "n_eval": 500, "use_liger_kernel": True,
+             "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "checkpoint_layers": 24},
+    "h100": {**_GPU_COMMON, "n_train": 10000, "n_eval": 2000, "use_liger_kernel": True,
+             "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "checkpoint_layers": 20},
 }
 GPU_PROFILES = ("t4", "a100", "h100")
 
@@ -160,6 +167,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ParameterError(f"Parameter `lora_dropout` must be in [0, 1), got {cfg.lora_dropout}. Fix: e.g. 0.05.")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ParameterError(f"Parameter `warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}. Fix: e.g. 0.1.")
+    if cfg.checkpoint_layers < -1:
+        raise ParameterError(f"Parameter `checkpoint_layers` must be -1 (all layers) or >= 0, got "
+                             f"{cfg.checkpoint_layers}. Fix: e.g. `-p checkpoint_layers 20`.")
     if cfg.max_steps == 0 or cfg.max_steps < -1:
         raise ParameterError(f"Parameter `max_steps` must be -1 (use num_train_epochs) or > 0, got {cfg.max_steps}. "
                              "Fix: e.g. `-p max_steps 200`.")
