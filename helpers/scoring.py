@@ -76,6 +76,8 @@ def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_
     pad tokens between a prompt and its continuation)."""
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    was_training = model.training
+    model.eval()
     texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
     outputs = []
     try:
@@ -88,4 +90,5 @@ def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_
             outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
+        model.train(was_training)
     return [o.strip() for o in outputs]
