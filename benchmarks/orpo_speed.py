@@ -1,20 +1,33 @@
 """ORPO + QLoRA speed at real scale: the seed recipe vs the project's fast path, on a Mistral-7B-shaped model.
 
-    python benchmarks/orpo_speed.py --out benchmarks/results/h100.json        # GPU only, ~6-8 minutes on an H100
+    python benchmarks/orpo_speed.py --out benchmarks/results/h100.json        # GPU only, ~7-8 minutes on an H100
 
 Speed and memory do not depend on the weights, so the model has Mistral-7B-v0.1's exact config with random weights
 (built on the GPU in bf16, saved, reloaded in 4-bit nf4 through the same `from_pretrained` call as the real one), a
-32,000-token word-level tokenizer built offline, and synthetic preference pairs with UltraFeedback-like lengths.
+32,000-token word-level tokenizer built offline (with the series' chat template), and synthetic preference pairs
+with UltraFeedback-like lengths in the explicit-prompt conversational format notebook 02 writes
+(prompt = [user message], chosen/rejected = [assistant message], plus prompt/chosen/rejected_tokens columns).
 In one run it measures:
   seed   TRL ORPOTrainer: batch 2 x grad-accum 4, full gradient checkpointing, paged_adamw_8bit, LoRA r16 (dropout 0.05)
-  fast   helpers.fast_orpo.FastORPOTrainer with the h100 profile's settings (see FAST below)
+  fast   notebook 04's OWN code cells, executed verbatim: the cells that build `peft_config = LoraConfig(`,
+         `training_args = ORPOConfig(` and `trainer = TrainerClass(` are read from notebooks/04_orpo_training.ipynb
+         and exec'd in order in one namespace that holds what the notebook's earlier cells would have made: `cfg`
+         (helpers.profiles.resolve_config("h100", overrides)), `precision` (as notebook 01 writes it for an H100),
+         `run` (a RunDir in a temp folder), `model` (the 4-bit model), `tokenizer`, `data`, `train_dataset`,
+         `eval_dataset` (selected as notebook 04's data cell does). The only overrides are what a benchmark must set:
+         max_steps, and eval/save/logging cadence pushed past the run's end (printed and saved in the JSON); the
+         end-of-run evaluation and checkpoint the Trainer would add after the last step are skipped (untimed anyway).
   t4     the t4 profile's settings (fp16, fp16 compute dtype), peak memory only (a T4 has 15 GiB)
   eval   held-out scoring of --eval-pairs pairs: helpers.fast_orpo.score_pairs vs ORPOTrainer.evaluate (the latter on
          a subset, extrapolated linearly; the output says so)
-  same   the fast loss path vs TRL's on one fixed batch, same model and autocast: loss, NLL and odds-ratio parts
+  same   the fast loss path vs TRL's on one fixed batch, same model and autocast: loss, NLL and odds-ratio parts, with
+         the attention-mask-dropping variant on (the default) and off
 Tokens/s counts real tokens only: non-pad tokens of chosen + rejected, prompt tokens included (the prompt is read
-twice, once per answer). Warm-up steps are excluded from timing; peak memory covers all steps (the longest batch
-comes first under length grouping). `--tiny` runs the same plumbing on a tiny model (CPU ok): a smoke test only.
+twice, once per answer). seed and fast get the same --warmup optimizer steps, excluded from timing (the first steps
+pay one-off costs: Triton/Liger kernel compilation, cuBLAS/SDPA heuristics, the caching allocator growing to the
+batch shapes, paged optimizer state); each step's seconds are saved so the warm-up can be checked. Peak memory covers
+all steps (the longest batch comes first under length grouping). `--tiny` runs the same plumbing on a tiny model
+(CPU ok): a smoke test only.
 """
 
 from __future__ import annotations
@@ -49,9 +62,9 @@ MAX_LENGTH = 1024
 # The seed recipe, verbatim.
 SEED = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=True,
             optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.05, trainer="ORPOTrainer")
-# The project's fast path for the h100 profile (notebook 04 uses these; the lead wires them into helpers/profiles.py).
-# checkpoint_layers=20: the last 12 of 32 layers keep their activations (~2 GiB each at 8 pairs of <= 1,024 tokens)
-# and skip the recompute; measured on an H100 (benchmarks/results/h100.json) as the fastest setting under 40 GiB.
+# The fast path itself is NOT described here: `fast` runs notebook 04's own cells (see notebook_cells below).
+# FAST only seeds the optional --variants (micro-batch / checkpointed-layer sweeps on the same model), which are built
+# by make_trainer like the seed and t4 runs; they mirror the h100 profile but are not the notebook's code.
 FAST = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, gradient_checkpointing=True,
             checkpoint_layers=20, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
             train_sampling_strategy="group_by_length", use_liger_kernel=True, trainer="FastORPOTrainer")
@@ -62,6 +75,20 @@ T4 = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradient
 LIGER_CONFIG = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
                 "fused_linear_cross_entropy": False}  # the loss path is ours: no logits-materializing patches
 GIB = 2**30
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_04 = ROOT / "notebooks" / "04_orpo_training.ipynb"
+# One marker per cell, in notebook order: LoRA config, ORPOConfig, trainer (+ checkpoint_layers, callbacks).
+CELL_MARKERS = ("peft_config = LoraConfig(", "training_args = ORPOConfig(", "trainer = TrainerClass(")
+# Notebook 01's "precision" block of environment.json, per device (the cells read these keys).
+PRECISION = {
+    "cuda": {"device": "cuda", "torch_dtype": "bfloat16", "bnb_4bit_compute_dtype": "bfloat16",
+             "attn_implementation": "sdpa", "use_bf16": True, "use_fp16": False},
+    "cpu": {"device": "cpu", "torch_dtype": "float32", "bnb_4bit_compute_dtype": "float32",
+            "attn_implementation": "sdpa", "use_bf16": False, "use_fp16": False},
+}
+NEVER = 10**6  # eval/save/logging cadence past any benchmark's end
+TEMPLATE_WORDS = ["###", "User:", "Assistant:"]  # the chat template's words, so none of them is <unk>
+TEMPLATE_TOKENS = 6  # BOS + "### User:" + "### Assistant:" around the prompt, EOS after each answer
 
 
 def log(msg: str) -> None:
@@ -71,26 +98,39 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
+def n_words(vocab_size: int) -> int:
+    return vocab_size - 3 - len(TEMPLATE_WORDS)
+
+
 def build_tokenizer(vocab_size: int):
-    """A fast word-level tokenizer: <unk>, <s>, </s> + words w0..wN, split on whitespace. No download."""
+    """A fast word-level tokenizer: <unk>, <s>, </s>, the chat template's words + w0..wN, split on whitespace.
+
+    It carries the series' chat template (helpers.chat), so TRL renders the conversational pairs exactly as it does
+    in notebook 04. No download.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(vocab_size - 3)}}
+    from helpers.chat import CHAT_TEMPLATE
+
+    words = TEMPLATE_WORDS + [f"w{i}" for i in range(n_words(vocab_size))]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<unk>")
+                                   pad_token="<unk>", chat_template=CHAT_TEMPLATE, padding_side="right")
 
 
 def synthetic_pairs(n: int, vocab_size: int, seed: int, max_length: int = MAX_LENGTH) -> list[dict]:
     """Pairs with UltraFeedback-like, right-skewed lengths (lognormal prompt/chosen/rejected, in tokens).
 
-    Pairs whose prompt + longer answer (+ BOS/EOS) exceed max_length are redrawn: the project drops overlong pairs
-    rather than truncating them (PITFALLS 2-3). Words are Zipf-distributed ids (one word = one token).
+    Explicit-prompt conversational format, as notebook 02 writes it: prompt = [user message], chosen/rejected =
+    [assistant message], plus the token-count columns 02 adds (counted with the chat template's tokens).
+    Pairs whose prompt + longer answer (+ template tokens) exceed max_length are redrawn: the project drops overlong
+    pairs rather than truncating them (PITFALLS 2-3). Words are Zipf-distributed ids (one word = one token).
     """
     rng = np.random.default_rng(seed)
-    ranks = np.arange(1, vocab_size - 2)
+    ranks = np.arange(1, n_words(vocab_size) + 1)
     p_word = 1.0 / ranks
     p_word /= p_word.sum()
     rows = []
@@ -98,13 +138,86 @@ def synthetic_pairs(n: int, vocab_size: int, seed: int, max_length: int = MAX_LE
         p = max(4, int(rng.lognormal(np.log(135), 1.0)))
         c = max(8, int(rng.lognormal(np.log(300), 0.7)))
         r = max(8, int(rng.lognormal(np.log(250), 0.8)))
-        if p + max(c, r) + 2 > max_length:
+        if p + max(c, r) + TEMPLATE_TOKENS > max_length:
             continue
         words = rng.choice(len(ranks), size=p + c + r, p=p_word)
         text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
-        rows.append({"prompt": text(words[:p]), "chosen": " " + text(words[p:p + c]),
-                     "rejected": " " + text(words[p + c:])})
+        pt, ct, rt = p + TEMPLATE_TOKENS - 1, c + 1, r + 1
+        rows.append({"prompt": [{"role": "user", "content": text(words[:p])}],
+                     "chosen": [{"role": "assistant", "content": text(words[p:p + c])}],
+                     "rejected": [{"role": "assistant", "content": text(words[p + c:])}],
+                     "prompt_tokens": pt, "chosen_tokens": ct, "rejected_tokens": rt,
+                     "pair_tokens": pt + max(ct, rt)})
     return rows
+
+
+def make_data(train_rows: list[dict], eval_rows: list[dict]):
+    """`data` as notebook 04 loads it from notebook 02's output: a DatasetDict with train / eval splits."""
+    import datasets
+
+    return datasets.DatasetDict(train=datasets.Dataset.from_list(train_rows),
+                                eval=datasets.Dataset.from_list(eval_rows))
+
+
+def select_like_notebook(data):
+    """train_dataset / eval_dataset exactly as notebook 04's data cell selects them (length columns stay behind)."""
+    columns = ["prompt", "chosen", "rejected"]
+    train_dataset = data["train"].select_columns(columns)
+    eval_dataset = data["eval"].select_columns(columns).select(range(min(len(data["eval"]), 200)))
+    return train_dataset, eval_dataset
+
+
+# ----------------------------------------------------------------------------------------------- notebook 04
+
+
+def notebook_cells(path: Path = NOTEBOOK_04, markers=CELL_MARKERS) -> list[str]:
+    """The source of notebook 04's code cells holding `markers`: exactly one cell per marker, in notebook order."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    code = [(i, "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+            for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"]
+    picked = []
+    for marker in markers:
+        hits = [(i, src) for i, src in code if marker in src]
+        if len(hits) != 1:
+            raise RuntimeError(f"{path}: expected exactly one code cell containing {marker!r}, found {len(hits)} "
+                               f"(cells {[i for i, _ in hits]}); update CELL_MARKERS in benchmarks/orpo_speed.py")
+        picked.append(hits[0])
+    order = [i for i, _ in picked]
+    if order != sorted(order):
+        raise RuntimeError(f"{path}: cells for {markers} are out of order ({order})")
+    return [src for _, src in picked]
+
+
+def benchmark_overrides(steps: int) -> dict:
+    """What a benchmark must override in the profile: the run length and cadences that would interrupt timing."""
+    return {"max_steps": steps, "eval_steps": NEVER, "save_steps": NEVER, "logging_steps": NEVER}
+
+
+def run_notebook_cells(namespace: dict, path: Path = NOTEBOOK_04) -> dict:
+    """Exec notebook 04's LoRA, ORPOConfig and trainer cells, verbatim and in order, in `namespace` (returned).
+
+    `namespace` must hold what the notebook's earlier cells define: cfg, precision, run, model, tokenizer, data,
+    train_dataset, eval_dataset. The trainer ends up in namespace["trainer"].
+    """
+    needed = {"cfg", "precision", "run", "model", "tokenizer", "data", "train_dataset", "eval_dataset"}
+    missing = needed - set(namespace)
+    if missing:
+        raise KeyError(f"namespace lacks {sorted(missing)}")
+    namespace.setdefault("__name__", "notebook_04")
+    for k, src in enumerate(notebook_cells(path)):
+        exec(compile(src, f"<{Path(path).name} cell for {CELL_MARKERS[k]!r}>", "exec"), namespace)
+    return namespace
+
+
+def notebook_namespace(cfg, device: str, run_root: Path, model, tokenizer, data) -> dict:
+    """The names notebook 04's earlier cells would have defined (its setup, data and model cells)."""
+    from helpers.rundir import RunDir
+
+    run = RunDir(Path(run_root))
+    run.root.mkdir(parents=True, exist_ok=True)
+    train_dataset, eval_dataset = select_like_notebook(data)
+    return {"cfg": cfg, "precision": dict(PRECISION[device]), "run": run, "model": model, "tokenizer": tokenizer,
+            "data": data, "train_dataset": train_dataset, "eval_dataset": eval_dataset, "torch": torch}
 
 
 def build_and_save_model(path: Path, config: dict, device: str, dtype: torch.dtype, tokenizer) -> float:
@@ -158,34 +271,34 @@ def peak_gib() -> dict:
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2)}
 
 
-def timed(trainer_cls):
-    """`trainer_cls` + counting of real tokens per optimizer step and a wall-clock stamp at each step's end."""
+def instrument(trainer):
+    """Count real tokens per optimizer step and stamp the wall clock at each step's end, without changing the
+    trainer's class (the notebook's cell picks the class): an instance-level compute_loss wrapper + a callback.
+    At the last step the Trainer's end-of-run evaluation and checkpoint are switched off (after the last stamp)."""
     from transformers import TrainerCallback
 
     class Stamps(TrainerCallback):
-        def __init__(self, owner):
-            self.owner = owner
-
         def on_step_end(self, args, state, control, **kw):
             sync()
-            self.owner.stamps.append((time.perf_counter(), self.owner.tokens_now, self.owner.padded_now))
-            self.owner.tokens_now = self.owner.padded_now = 0
+            trainer.stamps.append((time.perf_counter(), trainer.tokens_now, trainer.padded_now))
+            trainer.tokens_now = trainer.padded_now = 0
+            if state.global_step >= state.max_steps:
+                control.should_evaluate = control.should_save = False
+            return control
 
-    class Timed(trainer_cls):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.stamps, self.tokens_now, self.padded_now = [], 0, 0
-            self.add_callback(Stamps(self))
+    inner = trainer.compute_loss
 
-        def compute_loss(self, model, inputs, *a, **kw):
-            if model.training:
-                self.tokens_now += int(inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum())
-                width = max(inputs["chosen_input_ids"].shape[1], inputs["rejected_input_ids"].shape[1])
-                self.padded_now += 2 * inputs["chosen_input_ids"].shape[0] * width
-            return super().compute_loss(model, inputs, *a, **kw)
+    def compute_loss(model, inputs, *a, **kw):
+        if model.training:
+            trainer.tokens_now += int(inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum())
+            width = max(inputs["chosen_input_ids"].shape[1], inputs["rejected_input_ids"].shape[1])
+            trainer.padded_now += 2 * inputs["chosen_input_ids"].shape[0] * width
+        return inner(model, inputs, *a, **kw)
 
-    Timed.__name__ = trainer_cls.__name__
-    return Timed
+    trainer.stamps, trainer.tokens_now, trainer.padded_now = [], 0, 0
+    trainer.compute_loss = compute_loss
+    trainer.add_callback(Stamps())
+    return trainer
 
 
 def throughput(stamps: list, warmup: int, t_start: float) -> dict:
@@ -195,10 +308,15 @@ def throughput(stamps: list, warmup: int, t_start: float) -> dict:
     seconds = ends[-1] - ends[warmup]
     tokens = sum(s[1] for s in timed_steps)
     padded = sum(s[2] for s in timed_steps)
+    step_s = [round(b - a, 3) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    warm_s = sum(step_s[:warmup])
+    warm_tok = sum(s[1] for s in stamps[:warmup])
     return {"timed_steps": len(timed_steps), "warmup_steps": warmup, "seconds": round(seconds, 2),
             "s_per_step": round(seconds / max(1, len(timed_steps)), 3),
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-            "real_tokens": tokens, "padding_fraction": round(1 - tokens / max(1, padded), 3)}
+            "real_tokens": tokens, "padding_fraction": round(1 - tokens / max(1, padded), 3),
+            "warmup_tokens_per_s": round(warm_tok / warm_s, 1) if warm_s > 0 else None,
+            "step_seconds": step_s, "step_tokens": [s[1] for s in stamps]}
 
 
 def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, precision: str, use_cpu: bool,
@@ -221,13 +339,13 @@ def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, 
         fields["train_sampling_strategy"] = kind["train_sampling_strategy"]
     if kind.get("use_liger_kernel"):
         fields.update(use_liger_kernel=True, liger_kernel_config=LIGER_CONFIG)
-    cls = timed(FastORPOTrainer if kind["trainer"] == "FastORPOTrainer" else ORPOTrainer)
+    cls = FastORPOTrainer if kind["trainer"] == "FastORPOTrainer" else ORPOTrainer
     peft_config = LoraConfig(lora_dropout=kind["lora_dropout"], **LORA) if peft else None
     trainer = cls(model=model, args=ORPOConfig(**fields), train_dataset=data, eval_dataset=eval_data,
                   processing_class=tokenizer, peft_config=peft_config)
     if kind["trainer"] == "FastORPOTrainer":
         trainer.checkpoint_layers = kind.get("checkpoint_layers")
-    return trainer
+    return instrument(trainer)
 
 
 def run_training(name: str, trainer, warmup: int) -> dict:
@@ -240,7 +358,8 @@ def run_training(name: str, trainer, warmup: int) -> dict:
     trainer.train()
     res = throughput(trainer.stamps, warmup, t0)
     res.update(peak_gib())
-    log(f"{name}: {res}")
+    log(f"{name}: { {k: v for k, v in res.items() if k not in ('step_seconds', 'step_tokens')} }")
+    log(f"{name}: seconds per step {res['step_seconds']}")
     return res
 
 
@@ -346,7 +465,8 @@ def print_table(result: dict) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows))
     s = result["summary"]
-    print(f"\nfast / seed tokens/s: {s.get('speedup_fast_over_seed')}x (target >= 4.0, peak <= 40 GiB)")
+    print(f"\nfast / seed tokens/s: {s.get('speedup_fast_over_seed')}x (target >= 4.0, peak <= 40 GiB); "
+          f"warm-up {result['args']['warmup']} steps each, untimed")
     if "t4_peak_allocated_gib" in s:
         print(f"t4 settings peak memory: {s['t4_peak_allocated_gib']} GiB allocated (target <= 14)")
     if "eval" in result:
@@ -357,8 +477,8 @@ def print_table(result: dict) -> None:
     if "same_math" in result:
         m = result["same_math"]
         print(f"same math on one batch (loss, NLL, odds-ratio part vs TRL): max relative difference "
-              f"{m['max_rel_diff']:.2e} with the mask dropped (ok <= 1e-3: {m['ok_1e-3']}), "
-              f"{m.get('max_rel_diff_mask_kept', float('nan')):.2e} with it kept")
+              f"{m['max_rel_diff']:.2e} with the mask-dropping variant ON (ok <= 1e-3: {m['ok_1e-3']}), "
+              f"{m['max_rel_diff_mask_kept']:.2e} with it OFF (ok <= 1e-3: {m['ok_1e-3_mask_kept']})")
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -369,10 +489,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="JSON result path (default: $OUT/orpo_speed.json or ./orpo_speed.json)")
     ap.add_argument("--work-dir", default="/tmp/orpo_speed", help="where the random model is saved")
     ap.add_argument("--train-pairs", type=int, default=1600)
-    ap.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from timing")
-    ap.add_argument("--seed-steps", type=int, default=8, help="timed optimizer steps of the seed recipe")
-    ap.add_argument("--fast-steps", type=int, default=30, help="timed optimizer steps of the fast path")
-    ap.add_argument("--t4-steps", type=int, default=2, help="steps of the t4 settings (peak memory only)")
+    ap.add_argument("--warmup", type=int, default=10,
+                    help="optimizer steps excluded from timing, the same for seed and fast (and variants)")
+    ap.add_argument("--seed-steps", type=int, default=30, help="timed optimizer steps of the seed recipe")
+    ap.add_argument("--fast-steps", type=int, default=40, help="timed optimizer steps of the fast path")
+    ap.add_argument("--variant-steps", type=int, default=10, help="timed optimizer steps of each --variants entry")
+    ap.add_argument("--t4-steps", type=int, default=2, help="steps of the t4 settings (peak memory only; after 1 "
+                    "untimed step: the longest batch comes first under length grouping)")
     ap.add_argument("--eval-pairs", type=int, default=2000)
     ap.add_argument("--evaluate-subset", type=int, default=64, help="pairs ORPOTrainer.evaluate runs (extrapolated)")
     ap.add_argument("--variants", default="", help="extra fast-path variants on the same model, e.g. '8:16,4:8' "
@@ -392,6 +515,7 @@ def main(argv=None) -> dict:
     if a.tiny:
         a.train_pairs, a.eval_pairs, a.evaluate_subset = min(a.train_pairs, 48), min(a.eval_pairs, 16), min(a.evaluate_subset, 8)
         a.seed_steps, a.fast_steps, a.t4_steps, a.warmup = min(a.seed_steps, 2), min(a.fast_steps, 2), 1, 1
+        a.variant_steps = min(a.variant_steps, 1)
     out_path = Path(a.out or os.path.join(os.environ.get("OUT", "."), "orpo_speed.json"))
     work = Path(a.work_dir)
     shutil.rmtree(work, ignore_errors=True)
@@ -401,6 +525,22 @@ def main(argv=None) -> dict:
 
     datasets.disable_progress_bars()
     from helpers.fast_orpo import pair_length
+    from helpers.profiles import resolve_config
+
+    # The fast path's config: the h100 profile, overridden only where a benchmark must.
+    fast_overrides = benchmark_overrides(a.warmup + a.fast_steps)
+    fast_cfg = resolve_config("h100", fast_overrides)
+    log(f"fast = notebook 04's cells with cfg = resolve_config('h100', {fast_overrides}) "
+        f"(benchmark overrides: run length; eval/save/logging cadence past the end)")
+    # Pre-flight, before minutes of setup: notebook 04's LoRA and ORPOConfig cells must run on these versions.
+    if "fast" not in skip:
+        pre = {"cfg": fast_cfg, "precision": dict(PRECISION[device]),
+               "run": __import__("helpers.rundir", fromlist=["RunDir"]).RunDir(work / "preflight")}
+        for src in notebook_cells()[:2]:
+            exec(compile(src, "<notebook 04 pre-flight>", "exec"), pre)
+        log(f"pre-flight: notebook 04's LoraConfig and ORPOConfig cells ran (warmup_steps="
+            f"{pre['training_args'].warmup_steps}, use_liger_kernel={pre['training_args'].use_liger_kernel})")
+        del pre
 
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tiny": a.tiny,
               "gpu": torch.cuda.get_device_name() if cuda else None, "versions": versions(),
@@ -409,8 +549,12 @@ def main(argv=None) -> dict:
                                                "rope_theta", "max_position_embeddings", "rms_norm_eps"]},
               "quantization": "bnb 4-bit nf4, double quant, compute dtype = training dtype; sdpa attention",
               "lora": {k: v for k, v in LORA.items() if k != "task_type"},
-              "settings": {"seed": SEED, "fast": FAST, "t4": T4, "max_length": MAX_LENGTH,
-                           "liger_kernel_config": LIGER_CONFIG},
+              "settings": {"seed": SEED, "t4": T4, "max_length": MAX_LENGTH,
+                           "fast": {"source": f"{NOTEBOOK_04.relative_to(ROOT)}: the code cells containing "
+                                              f"{list(CELL_MARKERS)}, exec'd verbatim",
+                                    "profile": "h100", "benchmark_overrides": fast_overrides,
+                                    "cfg": fast_cfg.to_dict()},
+                           "variants_base": FAST, "liger_kernel_config_seed_t4_variants": LIGER_CONFIG},
               "runs": {}, "summary": {}, "args": vars(a)}
 
     def save():
@@ -419,10 +563,11 @@ def main(argv=None) -> dict:
 
     log(f"device {device} {result['gpu']}; versions {result['versions']}")
     tokenizer = build_tokenizer(config["vocab_size"])
-    train_rows = synthetic_pairs(a.train_pairs, config["vocab_size"], seed=0)
-    eval_rows = synthetic_pairs(a.eval_pairs, config["vocab_size"], seed=1)
-    train = datasets.Dataset.from_list(train_rows)
-    evald = datasets.Dataset.from_list(eval_rows)
+    data = make_data(synthetic_pairs(a.train_pairs, config["vocab_size"], seed=0),
+                     synthetic_pairs(a.eval_pairs, config["vocab_size"], seed=1))
+    columns = ["prompt", "chosen", "rejected"]
+    train = data["train"].select_columns(columns)  # seed / t4 / variants train on what notebook 04 trains on
+    evald = data["eval"].select_columns(columns)
     path = work / "model"
     secs = build_and_save_model(path, config, device, torch.bfloat16 if cuda else torch.float32, tokenizer)
     log(f"built + saved random model in {secs:.1f} s")
@@ -433,9 +578,9 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         model = load_4bit(path, torch.float16 if cuda else torch.float32, device)
         result["setup_seconds"]["load_4bit"] = round(time.perf_counter() - t0, 1)
-        tr = make_trainer(T4, model, train, tokenizer, work / "t4", a.warmup + a.t4_steps,
+        tr = make_trainer(T4, model, train, tokenizer, work / "t4", 1 + a.t4_steps,
                           "fp16" if cuda else "no", not cuda)
-        r = run_training("t4", tr, a.warmup)
+        r = run_training("t4", tr, 1)
         r["pairs_per_step"] = T4["per_device_train_batch_size"] * T4["gradient_accumulation_steps"]
         result["runs"]["t4_settings"] = r
         result["summary"]["t4_peak_allocated_gib"] = r["peak_allocated_gib"]
@@ -457,34 +602,50 @@ def main(argv=None) -> dict:
         result["summary"]["max_pair_length_train"] = max(pair_length(x) for x in tr.train_dataset)
         save()
         if "eval" not in skip:
-            tokenized_eval = evald.map(tr.tokenize_row)
+            from trl.data_utils import maybe_apply_chat_template
+
+            tokenized_eval = evald.map(maybe_apply_chat_template,
+                                       fn_kwargs={"processing_class": tokenizer}).map(tr.tokenize_row)
             result["eval"] = eval_speed(tr, tokenized_eval, a.evaluate_subset, precision)
             log(f"eval: {result['eval']}")
             save()
         del tr, model
         free()
 
-    # --- the fast path (what notebook 04 runs for the h100 profile), then optional variants on the same model.
+    # --- the fast path: notebook 04's own cells, then optional variants on the same model.
     if "fast" not in skip:
         model = load_4bit(path, torch.bfloat16 if cuda else torch.float32, device)
-        fast = dict(FAST, use_liger_kernel=FAST["use_liger_kernel"] and cuda)
-        tr = make_trainer(fast, model, train, tokenizer, work / "fast", a.warmup + a.fast_steps, precision, not cuda)
+        ns = notebook_namespace(fast_cfg, device, work / "notebook_run", model, tokenizer, data)
+        run_notebook_cells(ns)
+        tr = instrument(ns["trainer"])
+        result["settings"]["fast"]["as_built"] = {
+            "trainer_class": type(tr).__name__, "checkpoint_layers": getattr(tr, "checkpoint_layers", None),
+            "lora": {k: (sorted(v) if isinstance(v, set) else v) for k, v in ns["peft_config"].to_dict().items()
+                     if k in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")},
+            "args": {k: str(getattr(tr.args, k, None)) for k in (
+                "per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
+                "gradient_checkpointing_kwargs", "optim", "learning_rate", "lr_scheduler_type", "warmup_steps",
+                "beta", "max_length", "bf16", "fp16", "use_liger_kernel", "liger_kernel_config",
+                "train_sampling_strategy", "max_steps", "eval_strategy", "eval_steps", "save_steps",
+                "logging_steps", "seed")}}
+        log(f"fast as built by notebook 04's cells: {result['settings']['fast']['as_built']}")
         r = run_training("fast", tr, a.warmup)
-        r["pairs_per_step"] = FAST["per_device_train_batch_size"] * FAST["gradient_accumulation_steps"]
+        r["pairs_per_step"] = fast_cfg.per_device_train_batch_size * fast_cfg.gradient_accumulation_steps
         result["runs"]["fast"] = r
         result["same_math"] = same_math(tr)
         log(f"same math: {result['same_math']}")
         save()
         peft_model = tr.model
-        del tr
+        del tr, ns
         free()
+        fast = dict(FAST, use_liger_kernel=FAST["use_liger_kernel"] and cuda)
         for spec in filter(None, a.variants.split(",")):
             mb, ck = (int(x) for x in spec.split(":"))
             kind = dict(fast, per_device_train_batch_size=mb, gradient_accumulation_steps=max(1, 8 // mb),
                         checkpoint_layers=ck, gradient_checkpointing=ck > 0)
             name = f"fast_mb{mb}_ckpt{ck}"
             try:
-                vt = make_trainer(kind, peft_model, train, tokenizer, work / name, a.warmup + a.seed_steps,
+                vt = make_trainer(kind, peft_model, train, tokenizer, work / name, a.warmup + a.variant_steps,
                                   precision, not cuda, peft=False)
                 r = run_training(name, vt, a.warmup)
                 r["pairs_per_step"] = mb * max(1, 8 // mb)

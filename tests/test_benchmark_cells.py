@@ -1,0 +1,146 @@
+"""benchmarks/orpo_speed.py runs notebook 04's OWN cells for the fast path: extraction and config mapping hold.
+
+CPU, offline, seconds: the cell extraction must find exactly one code cell per marker, in notebook order, and
+exec'ing those cells with a tiny random Mistral (hidden 64, 2 layers) and a tiny profile config must build the trainer
+the config asks for (class, batch, learning rate, beta, LoRA, checkpointed layers). If a notebook edit moves, splits or
+duplicates a cell, or stops reading a cfg field, these tests fail instead of the benchmark silently drifting.
+"""
+
+import copy
+import importlib.util
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch  # noqa: E402
+
+from helpers.profiles import resolve_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("orpo_speed", ROOT / "benchmarks" / "orpo_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_marker_is_in_exactly_one_code_cell_of_notebook_04(bench):
+    assert bench.NOTEBOOK_04 == ROOT / "notebooks" / "04_orpo_training.ipynb"
+    nb = json.loads(bench.NOTEBOOK_04.read_text())
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    for marker in bench.CELL_MARKERS:
+        assert sum(marker in src for src in code) == 1, marker
+    cells = bench.notebook_cells()
+    assert len(cells) == 3
+    for marker, src in zip(bench.CELL_MARKERS, cells, strict=True):
+        assert marker in src
+    # the trainer cell is the one that also applies checkpoint_layers and prints the trainable parameters
+    assert "trainer.checkpoint_layers = cfg.checkpoint_layers" in cells[2]
+    assert "print_trainable_parameters()" in cells[2]
+
+
+def test_extraction_fails_loudly_on_a_missing_or_duplicated_cell(bench, tmp_path):
+    nb = json.loads(bench.NOTEBOOK_04.read_text())
+    lora = next(c for c in nb["cells"] if c["cell_type"] == "code" and bench.CELL_MARKERS[0] in "".join(c["source"]))
+    duplicated = copy.deepcopy(nb)
+    duplicated["cells"].append(copy.deepcopy(lora))
+    missing = copy.deepcopy(nb)
+    missing["cells"] = [c for c in nb["cells"] if c is not lora and
+                        not (c["cell_type"] == "code" and bench.CELL_MARKERS[0] in "".join(c["source"]))]
+    for name, bad in (("duplicated", duplicated), ("missing", missing)):
+        path = tmp_path / f"{name}.ipynb"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(RuntimeError, match="exactly one code cell"):
+            bench.notebook_cells(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_world(bench):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from helpers.offline_default import train_tokenizer
+
+    rng = random.Random(0)
+    words = lambda k: " ".join(f"w{rng.randrange(200)}" for _ in range(k))  # noqa: E731
+    rows = []
+    for _ in range(24):  # the benchmark's row format (notebook 02's columns), short enough for a CPU
+        p, c, r = words(rng.randint(2, 10)), words(rng.randint(1, 12)), words(rng.randint(1, 12))
+        rows.append({"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+                     "rejected": [{"role": "assistant", "content": r}], "prompt_tokens": len(p.split()) + 5,
+                     "chosen_tokens": len(c.split()) + 1, "rejected_tokens": len(r.split()) + 1})
+    assert set(rows[0]) <= set(bench.synthetic_pairs(1, 300, seed=0)[0])
+    texts = [f"### User:\n{r['prompt'][0]['content']}\n\n### Assistant:\n{r['chosen'][0]['content']}" for r in rows]
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    data = bench.make_data(rows[:16], rows[16:])
+
+    def model():
+        torch.manual_seed(0)
+        return MistralForCausalLM(MistralConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)).float()
+
+    return tokenizer, data, model
+
+
+CASES = {
+    "tiny-profile": {},
+    "tiny-fast-path": dict(fast_orpo_trainer=True, checkpoint_layers=1, gradient_checkpointing=True,
+                           per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-3,
+                           beta=0.25, lora_r=8, lora_alpha=16, lr_scheduler_type="cosine"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_notebook_cells_build_the_trainer_cfg_asks_for(bench, tiny_world, tmp_path, case):
+    from trl.experimental.orpo import ORPOTrainer
+
+    from helpers.fast_orpo import FastORPOTrainer
+
+    tokenizer, data, model = tiny_world
+    cfg = resolve_config("tiny", {**CASES[case], **bench.benchmark_overrides(3)})
+    ns = bench.run_notebook_cells(bench.notebook_namespace(cfg, "cpu", tmp_path / "run", model(), tokenizer, data))
+    trainer, args = ns["trainer"], ns["trainer"].args
+
+    assert type(trainer) is (FastORPOTrainer if cfg.fast_orpo_trainer else ORPOTrainer)
+    if cfg.fast_orpo_trainer:
+        assert trainer.checkpoint_layers == cfg.checkpoint_layers
+    assert args.per_device_train_batch_size == cfg.per_device_train_batch_size
+    assert args.gradient_accumulation_steps == cfg.gradient_accumulation_steps
+    assert args.learning_rate == pytest.approx(cfg.learning_rate)
+    assert args.beta == pytest.approx(cfg.beta)
+    assert args.max_length == cfg.max_length
+    assert args.max_steps == 3 and args.eval_steps == args.save_steps == args.logging_steps == bench.NEVER
+    assert str(args.lr_scheduler_type).lower().endswith(cfg.lr_scheduler_type)
+    assert args.gradient_checkpointing == cfg.gradient_checkpointing
+    assert args.train_sampling_strategy == ("group_by_length" if cfg.fast_orpo_trainer else "random")
+    assert args.output_dir == str(ns["run"].checkpoints)
+    assert not args.use_liger_kernel  # CPU: the cell turns it off
+    lora = ns["peft_config"]
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    assert trainer.model.peft_config["default"].r == cfg.lora_r
+    assert len(trainer.train_dataset) == len(data["train"])  # the notebook's train_dataset, tokenized by TRL
+
+
+def test_the_benchmark_instrumentation_keeps_the_notebooks_trainer_class(bench, tiny_world, tmp_path):
+    from helpers.fast_orpo import FastORPOTrainer
+
+    tokenizer, data, model = tiny_world
+    cfg = resolve_config("tiny", {"fast_orpo_trainer": True, "per_device_train_batch_size": 4,
+                                  **bench.benchmark_overrides(2)})
+    ns = bench.run_notebook_cells(bench.notebook_namespace(cfg, "cpu", tmp_path / "run", model(), tokenizer, data))
+    trainer = bench.instrument(ns["trainer"])
+    assert type(trainer) is FastORPOTrainer
+    trainer.train()
+    res = bench.throughput(trainer.stamps, 1, trainer.stamps[0][0] - 1.0)
+    assert len(trainer.stamps) == 2 and res["timed_steps"] == 1 and res["real_tokens"] > 0
+    assert not (ns["run"].checkpoints).exists() or not any(ns["run"].checkpoints.iterdir())  # no end-of-run save
