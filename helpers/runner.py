@@ -117,6 +117,8 @@ def run_series(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for handler in logging.getLogger().handlers:  # papermill frames every cell with two lines: keep the output only
+        handler.addFilter(lambda record: not str(record.msg).startswith(("Executing Cell", "Ending Cell")))
     for noisy in ("papermill.translators", "traitlets", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)

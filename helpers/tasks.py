@@ -8,15 +8,17 @@ task?") instead of trusting a reward model. Each family has several wordings, a 
 | family    | example prompt                        | chosen | rejected behaviour          |
 |-----------|---------------------------------------|--------|-----------------------------|
 | `sort`    | Sort ascending: 5 2 9                 | 2 5 9  | sorts in the wrong order    |
-| `add`     | What is 3 plus 4?                     | 7      | echoes the input: `3 + 4`   |
+| `count`   | How many numbers are in: 5 2 9?       | 3      | off by one                  |
 | `larger`  | Which is larger, 7 or 3?              | 7      | verbose non-answer          |
-| `smaller` | Which is smaller, 7 or 3?             | 3      | picks the larger one        |
+| `smaller` | Which is smaller, 7 or 3?             | 3      | echoes the input: `7 or 3`  |
 | `first`   | What is the first number in: 5 2 9?   | 5      | fixed evasive reply         |
 
 Digits are separated by spaces so that a small byte-level BPE keeps them apart. (A `reverse the
 letters` family was tried and dropped: a 2-layer model pretrained for ~2 minutes could neither
-reverse nor echo letter sequences, so no preference tuning could make it succeed; an off-by-one rejected
-sum made the base model's arithmetic itself noisy (held-out success after ORPO 67-90%); so was
+reverse nor echo letter sequences, so no preference tuning could make it succeed; single-digit
+`add` stayed at 47-90% after ORPO (the tiny model never learns the addition table well); and a
+`smaller` whose rejected answer was the larger number taught the model that "max" answers "which is
+smaller", which leaked into `larger` after tuning; so was
 `subtract` with a up to 19: ORPO reached only ~53% on held-out prompts; and `parity` of 0-99,
 whose two-digit numbers BPE merges into single tokens, so parity became per-token memorisation.)
 Used by `helpers.offline_default` (data generation) and notebook 05 (`check_answer`).
@@ -59,18 +61,19 @@ FAMILIES: tuple[Family, ...] = (
         ("Sort ascending: {digits}", "Put these numbers in increasing order: {digits}",
          "Arrange from smallest to largest: {digits}"),
         # Distinct digits, so that ascending and descending never coincide.
-        lambda rng: {"digits": _join(rng.sample(range(10), rng.randint(3, 5)))},
+        lambda rng: {"digits": _join(rng.sample(range(10), 3))},
         lambda a: _join(sorted(_ints(a["digits"]))),
         lambda a: _join(sorted(_ints(a["digits"]), reverse=True)),
         4.0,
     ),
     Family(
-        "add",
-        ("What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."),
-        lambda rng: {"a": str(rng.randint(0, 9)), "b": str(rng.randint(0, 9))},
-        lambda a: str(int(a["a"]) + int(a["b"])),
-        lambda a: f"{a['a']} + {a['b']}",  # echoes the input instead of computing it
-        5.0,
+        "count",
+        ("How many numbers are in: {digits}?", "Count the numbers in the list {digits}.",
+         "How many numbers does this list have: {digits}?"),
+        lambda rng: {"digits": _join(rng.sample(range(10), rng.randint(3, 6)))},
+        lambda a: str(len(a["digits"].split())),
+        lambda a: str(len(a["digits"].split()) + 1),  # off by one
+        4.0,
     ),
     Family(
         "larger",
@@ -86,14 +89,14 @@ FAMILIES: tuple[Family, ...] = (
         ("Which is smaller, {a} or {b}?", "Which number is less: {a} or {b}?", "Pick the smaller number: {a} or {b}."),
         lambda rng: dict(zip("ab", map(str, rng.sample(range(10), 2)))),
         lambda a: str(min(int(a["a"]), int(a["b"]))),
-        lambda a: str(max(int(a["a"]), int(a["b"]))),  # answers the more common question instead
+        lambda a: f"{a['a']} or {a['b']}",  # echoes the input instead of choosing
         4.0,
     ),
     Family(
         "first",
         ("What is the first number in: {digits}?", "Name the first number of the list {digits}.",
          "Which number comes first in: {digits}?"),
-        lambda rng: {"digits": _join(rng.sample(range(10), rng.randint(3, 5)))},
+        lambda rng: {"digits": _join(rng.sample(range(10), rng.randint(3, 4)))},
         lambda a: a["digits"].split()[0],
         lambda a: "Sorry, I cannot answer that.",  # a fixed evasive reply, whatever the list
         1.0,

@@ -8,12 +8,12 @@ from helpers.tasks import FAMILIES, TASK_FAMILIES, _wording_regex, check_answer,
 
 # (prompt, right answer, wrong answers): each wrong answer is a behaviour a model might show.
 CASES = [
-    ("Which is smaller, 7 or 3?", "3", ["7", "3 or 7", "-3"]),
+    ("Which is smaller, 7 or 3?", "3", ["7", "7 or 3", "3 or 7", "-3"]),
     ("Pick the smaller number: 2 or 8.", "2", ["8", "2."]),
     ("Sort ascending: 5 2 9", "2 5 9", ["9 5 2", "5 2 9", "2 5", "2 5 9 9", "259", "2  5 9", "2 5 9."]),
     ("Put these numbers in increasing order: 3 0 7 1", "0 1 3 7", ["7 3 1 0", "0 1 3"]),
-    ("What is 3 plus 4?", "7", ["8", "6", "3 + 4", "3 + 4 = 7", "seven"]),
-    ("Compute 9 + 9.", "18", ["19", "17"]),
+    ("How many numbers are in: 5 2 9?", "3", ["4", "2", "5 2 9", "three"]),
+    ("Count the numbers in the list 3 0 7 1 8 6.", "6", ["7", "5", "6."]),
     ("Which is larger, 7 or 3?", "7", ["3", "7 or 3", "Both 7 and 3 are numbers, and which one is larger depends on the context."]),
     ("Pick the larger number: 2 or 8.", "8", ["2", "8."]),
     ("What is the first number in: 5 2 9?", "5", ["9", "2", "5 2 9", "Sorry, I cannot answer that."]),
