@@ -328,15 +328,16 @@ def ensure_offline_default(seed: int = 0, cache_dir: str | Path | None = None, v
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = root / f"{BUILD_VERSION}-seed{seed}"
     dataset_dir, model_dir = root / "dataset", root / "model"
-    if verbose and not (dataset_dir.exists() and model_dir.exists()):
+    building = verbose and not (dataset_dir.exists() and model_dir.exists())
+    if building:
         print(f"Building the offline default (seed {seed}) in {_shown(root)}", flush=True)
     start = time.perf_counter()
-    # Leave a core free: with every core busy, one stolen core stalls all threads at each sync
-    # point; measured here on 2 cores, 2 threads ran 20x slower than 1 while anything else ran.
-    with _threads(min(4, os.cpu_count() or 1)), _quiet_progress_bars():  # alone: 2 threads 1.4x faster than 1 here
+    # All cores (up to 4): alone on 2 cores, 2 threads pretrain 1.4x faster than 1. But if another busy process
+    # shares the cores, every thread stalls at each sync point (20x slower measured): build while nothing else runs.
+    with _threads(min(4, os.cpu_count() or 1)), _quiet_progress_bars():
         _atomic_build(dataset_dir, lambda out: build_preference_data(seed).save_to_disk(str(out)))
         _atomic_build(model_dir, lambda out: _build_model(out, seed, verbose))
-    if verbose and time.perf_counter() - start > 1:
+    if building:
         print(f"Offline default ready in {time.perf_counter() - start:.0f}s: {_shown(root)}", flush=True)
     info = json.loads((model_dir / "build_info.json").read_text())
     return OfflineDefault(model_dir=model_dir, dataset_dir=dataset_dir, seed=seed, build_info=info)

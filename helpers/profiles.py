@@ -34,8 +34,8 @@ class RunConfig:
     dataset_id: str = OFFLINE_DATASET_ID        # Hub id, local file/folder, or the offline default
     train_split: str = "train_prefs"
     eval_split: str = "test_prefs"
-    n_train: int = 2000                         # pairs kept for training after length filtering
-    n_eval: int = 200                           # held-out pairs for eval during training and notebook 05
+    n_train: int = 1000                         # pairs kept for training after length filtering
+    n_eval: int = 150                           # held-out pairs for eval during training and notebook 05
     max_length: int = 128                       # prompt + longer answer, in tokens; longer pairs are dropped
     trust_remote_code: bool = False             # never run a model repo's own code unless you ask
     # ---- LoRA (notebook 04) --------------------------------------------------------------------------
@@ -48,7 +48,7 @@ class RunConfig:
     per_device_train_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     num_train_epochs: float = 1.0
-    max_steps: int = 600                        # -1 = run num_train_epochs
+    max_steps: int = 800                        # -1 = run num_train_epochs
     warmup_ratio: float = 0.05
     lr_scheduler_type: str = "linear"
     gradient_checkpointing: bool = False
