@@ -21,14 +21,17 @@ def write_report(run: RunDir, cfg, results: dict) -> None:
     ]
     for split, info in data.items():
         bad = info.get("dropped_bad_rows", 0)
-        lines.append(f"- {split}: kept {info['kept']} pairs; dropped {bad} unusable rows "
-                     f"{info.get('reasons') or ''} and {info['dropped_too_long']} of {info['measured']} measured "
-                     f"as longer than max_length ({info['dropped_share']:.1%}).")
+        reasons = f" {info['reasons']}" if info.get("reasons") else ""
+        lines.append(f"- {split}: kept {info['kept']} pairs; dropped {bad} unusable rows{reasons} and "
+                     f"{info['dropped_too_long']} of {info['measured']} measured as longer than max_length "
+                     f"({info['dropped_share']:.1%}).")
     if train:
         lines += ["", "## Training",
                   f"- {train.get('global_step')} steps in {train.get('train_seconds')} s "
                   f"(~{train.get('tokens_per_second_approx')} tokens/s), final train loss "
-                  f"{train.get('train_loss', float('nan')):.4f}, peak GPU memory {train.get('peak_gpu_memory_GiB')} GiB."]
+                  f"{train.get('train_loss', float('nan')):.4f}"
+                  + (f", peak GPU memory {train['peak_gpu_memory_GiB']} GiB." if train.get("peak_gpu_memory_GiB")
+                     else " (CPU).")]
     lines += ["", f"## Held-out evaluation ({results['n_pairs']} pairs, scored in {results['scoring_seconds']} s)", "",
               "| model | reward accuracy | mean margin | task success |", "|---|---|---|---|"]
     success = results.get("task_success") or {}
