@@ -12,7 +12,8 @@ import pytest
 from helpers.rundir import outputs_root
 
 pytestmark = pytest.mark.slow
-ARGS = ["--run-name", "resume", "-p", "max_steps", "60", "-p", "save_steps", "20", "-p", "eval_steps", "20"]
+ARGS = ["--run-name", "resume", "-p", "max_steps", "60", "-p", "save_steps", "20", "-p", "eval_steps", "20",
+        "-p", "logging_steps", "10"]
 
 
 def start_runner():
