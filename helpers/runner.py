@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 
-from .profiles import PROFILES, ParameterError, resolve_config
-from .rundir import REPO_ROOT, RunDir, archive_run, check_writable, outputs_root, read_json
+from .profiles import PROFILES, ParameterError
+from .rundir import REPO_ROOT, RunDir, open_run, outputs_root
 
 NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")
 
@@ -58,7 +58,10 @@ def collect_overrides(args: argparse.Namespace) -> dict:
 
 
 def validate(args: argparse.Namespace, overrides: dict) -> tuple[str, dict]:
-    """Everything that can be checked without loading a model. Returns (run_name, parameters for notebook 01)."""
+    """Everything that can be checked without loading a model; opens the run exactly as notebook 01 will.
+
+    Returns (run_name, parameters for notebook 01). Raises ParameterError / FileExistsError with the fix.
+    """
     import torch
 
     has_gpu = torch.cuda.is_available()
@@ -67,22 +70,10 @@ def validate(args: argparse.Namespace, overrides: dict) -> tuple[str, dict]:
     for reserved in ("run_name", "profile"):
         if reserved in overrides:
             raise ParameterError(f"Pass `{reserved}` with --{reserved.replace('_', '-')}, not as -p/-f.")
-    cfg = resolve_config(args.profile, {**overrides, "run_name": run_name}, has_gpu=has_gpu, compute_capability=cc)
-    check_writable(outputs_root())
-    run = RunDir(outputs_root() / run_name)
-    if run.is_finished() and not args.overwrite:
-        raise ParameterError(f"Run {run_name!r} is finished and is never overwritten silently. Fix: pass "
-                             "--run-name NEW_NAME, or --overwrite to archive the old run and start again.")
-    if run.params.exists() and not run.is_finished():
-        stored = read_json(run.params)
-        if stored != cfg.to_dict() and not args.overwrite:
-            diff = {k: (stored.get(k), v) for k, v in cfg.to_dict().items() if stored.get(k) != v}
-            raise ParameterError(f"Run {run_name!r} exists unfinished with other parameters {diff} (stored, "
-                                 "new). Fix: rerun with the same parameters to resume, --run-name NEW_NAME, or "
-                                 "--overwrite.")
+    cfg, run = open_run(run_name, args.profile, overrides, start=True, overwrite=args.overwrite, has_gpu=has_gpu,
+                        compute_capability=cc)
+    if run.checkpoints.exists():
         print(f"Resuming unfinished run {run_name!r} with its stored parameters.")
-    if args.overwrite and run.root.exists():
-        archive_run(run)
     return run_name, {"run_name": run_name, "profile": cfg.profile, "overrides": overrides}
 
 
