@@ -424,7 +424,7 @@ def eval_speed(trainer, tokenized_eval, subset: int, precision: str) -> dict:
     rows = [tokenized_eval[i] for i in range(n)]
     sync()
     t0 = time.perf_counter()
-    scores = score_pairs(trainer.model, rows, dtype=dtype, pad_token_id=trainer.padding_value)
+    _ = score_pairs(trainer.model, rows, dtype=dtype, pad_token_id=trainer.padding_value)
     sync()
     t_all = time.perf_counter() - t0
     fast_sub = summarize_scores(scores_sub, trainer.beta)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from .offline_default import OFFLINE_DATASET_ID, OFFLINE_MODEL_ID
 

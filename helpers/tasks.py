@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 # Placeholders that wordings may use, and the regex each one parses back.
-_SLOTS = {"digits": r"\d(?: \d)*", "a": r"\d+", "b": r"\d+", "n": r"\d+"}
+_SLOTS = {"digits": r"\d(?: \d)*", "a": r"\d+", "b": r"\d+"}
 
 
 @dataclass(frozen=True)
