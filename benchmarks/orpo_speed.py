@@ -301,11 +301,13 @@ def instrument(trainer):
     return trainer
 
 
-def throughput(stamps: list, warmup: int, t_start: float) -> dict:
-    """Tokens/s and s/step over the steps after `warmup` (each stamp: end time, real tokens, padded tokens)."""
+def throughput(stamps: list, warmup: int, t_start: float, tail: int = 0) -> dict:
+    """Tokens/s and s/step over the steps after `warmup`, minus the last `tail` (profiled) steps
+    (each stamp: end time, real tokens, padded tokens)."""
     ends = [t_start] + [s[0] for s in stamps]
-    timed_steps = stamps[warmup:]
-    seconds = ends[-1] - ends[warmup]
+    last = len(stamps) - tail
+    timed_steps = stamps[warmup:last]
+    seconds = ends[last] - ends[warmup]
     tokens = sum(s[1] for s in timed_steps)
     padded = sum(s[2] for s in timed_steps)
     step_s = [round(b - a, 3) for a, b in zip(ends[:-1], ends[1:], strict=True)]
@@ -348,16 +350,71 @@ def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, 
     return instrument(trainer)
 
 
-def run_training(name: str, trainer, warmup: int) -> dict:
+class StepProfiler:
+    """torch.profiler over the last `steps` optimizer steps of a training run (those steps are left out of timing).
+
+    Reports what a step's wall time is made of: GPU busy time (sum of kernel times; one stream) vs wall, kernel count,
+    and the ops with the most GPU and CPU self time, so a speed-up can aim at a measured cost."""
+
+    def __init__(self, steps: int):
+        self.steps, self.prof, self.t0, self.summary = steps, None, None, None
+
+    def callback(self, trainer):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Cb(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                if outer.prof is None and state.global_step == state.max_steps - outer.steps:
+                    acts = [torch.profiler.ProfilerActivity.CPU] + (
+                        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                    outer.prof = torch.profiler.profile(activities=acts)
+                    sync()
+                    outer.prof.__enter__()
+                    outer.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                if outer.prof is not None and outer.summary is None and state.global_step >= state.max_steps:
+                    sync()
+                    wall = time.perf_counter() - outer.t0
+                    outer.prof.__exit__(None, None, None)
+                    outer.summary = summarize_profile(outer.prof, wall, outer.steps)
+
+        return Cb()
+
+
+def summarize_profile(prof, wall: float, steps: int, top: int = 18) -> dict:
+    events = prof.key_averages()
+    dev = lambda e: getattr(e, "self_device_time_total", 0) or 0  # noqa: E731  (microseconds)
+    kernels = [e for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time_total if hasattr(e, "device_time_total") else 0 for e in kernels) / 1e6
+    by_dev = sorted(events, key=dev, reverse=True)[:top]
+    by_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    busy_ops = sum(dev(e) for e in events) / 1e6  # same quantity via ops' self device time (cross-check)
+    return {"steps": steps, "wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3), "gpu_ops_self_s": round(busy_ops, 3),
+            "gpu_busy_fraction": round(busy / wall, 3) if wall else None, "kernels": len(kernels),
+            "top_gpu_self_ms": [(e.key[:90], round(dev(e) / 1e3, 1), e.count) for e in by_dev],
+            "top_cpu_self_ms": [(e.key[:90], round(e.self_cpu_time_total / 1e3, 1), e.count) for e in by_cpu]}
+
+
+def run_training(name: str, trainer, warmup: int, profile_steps: int = 0) -> dict:
     gc.collect()
     empty_cache()
     reset_peak()
-    log(f"{name}: training {trainer.args.max_steps} steps ({warmup} warm-up)")
+    log(f"{name}: training {trainer.args.max_steps} steps ({warmup} warm-up"
+        + (f", last {profile_steps} profiled and untimed)" if profile_steps else ")"))
+    profiler = StepProfiler(profile_steps) if profile_steps else None
+    if profiler:
+        trainer.add_callback(profiler.callback(trainer))
     sync()
     t0 = time.perf_counter()
     trainer.train()
-    res = throughput(trainer.stamps, warmup, t0)
+    res = throughput(trainer.stamps, warmup, t0, tail=profile_steps)
     res.update(peak_gib())
+    if profiler:
+        res["profile"] = profiler.summary
+        log(f"{name}: profile {json.dumps(profiler.summary, indent=1)}")
     log(f"{name}: { {k: v for k, v in res.items() if k not in ('step_seconds', 'step_tokens')} }")
     log(f"{name}: seconds per step {res['step_seconds']}")
     return res
@@ -401,20 +458,32 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
     return out
 
 
-def eval_speed(trainer, tokenized_eval, subset: int, precision: str) -> dict:
-    """score_pairs on all of `tokenized_eval` vs ORPOTrainer.evaluate on the first `subset` pairs (extrapolated)."""
+def time_evaluate(trainer, dataset, batch_size: int) -> tuple[float, dict]:
+    trainer.args.per_device_eval_batch_size = batch_size
+    gc.collect()
+    empty_cache()
+    sync()
+    t0 = time.perf_counter()
+    metrics = trainer.evaluate(eval_dataset=dataset)
+    sync()
+    return time.perf_counter() - t0, metrics
+
+
+def eval_speed(trainer, tokenized_eval, subset: int, precision: str, batch_sizes=(8,), profile: bool = False) -> dict:
+    """score_pairs on all of `tokenized_eval` vs ORPOTrainer.evaluate on the first `subset` pairs (extrapolated),
+    evaluate run once per eval batch size in `batch_sizes`, after an untimed warm-up evaluate on 8 pairs."""
     from helpers.fast_orpo import score_pairs, summarize_scores
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     n = len(tokenized_eval)
     sub = tokenized_eval.select(range(subset))
-    gc.collect()
-    empty_cache()
-    sync()
-    t0 = time.perf_counter()
-    metrics = trainer.evaluate(eval_dataset=sub)
-    sync()
-    t_eval = time.perf_counter() - t0
+    time_evaluate(trainer, tokenized_eval.select(range(subset, subset + 8)), max(batch_sizes))  # warm-up, untimed
+    evaluate = {}
+    for bs in batch_sizes:
+        t_eval, metrics = time_evaluate(trainer, sub, bs)
+        evaluate[bs] = {"seconds_measured": round(t_eval, 2), "seconds_extrapolated": round(t_eval * n / subset, 1),
+                        "pairs_per_s": round(subset / t_eval, 2)}
+        log(f"evaluate batch {bs}: {evaluate[bs]}")
     sync()
     t0 = time.perf_counter()
     scores_sub = score_pairs(trainer.model, [sub[i] for i in range(subset)], dtype=dtype,
@@ -422,24 +491,57 @@ def eval_speed(trainer, tokenized_eval, subset: int, precision: str) -> dict:
     sync()
     t_sub = time.perf_counter() - t0
     rows = [tokenized_eval[i] for i in range(n)]
+    prof = None
+    if profile:
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+        prof.__enter__()
     sync()
     t0 = time.perf_counter()
     _ = score_pairs(trainer.model, rows, dtype=dtype, pad_token_id=trainer.padding_value)
     sync()
     t_all = time.perf_counter() - t0
+    out_profile = None
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        out_profile = summarize_profile(prof, t_all, 1)
     fast_sub = summarize_scores(scores_sub, trainer.beta)
+    t_ref = evaluate[batch_sizes[0]]["seconds_extrapolated"]
     return {
-        "pairs": n, "evaluate_pairs_run": subset, "evaluate_seconds_measured": round(t_eval, 2),
-        "evaluate_seconds_extrapolated": round(t_eval * n / subset, 1),
+        "pairs": n, "evaluate_pairs_run": subset, "evaluate": evaluate,
+        "evaluate_seconds_extrapolated": t_ref, "evaluate_batch_size": batch_sizes[0],
         "evaluate_extrapolated": "linearly, from the subset" if subset < n else "no (all pairs run)",
-        "evaluate_batch_size": trainer.args.per_device_eval_batch_size,
-        "scorer_seconds": round(t_all, 2), "speedup": round(t_eval * n / subset / t_all, 1),
+        "evaluate_seconds_measured": evaluate[batch_sizes[0]]["seconds_measured"],
+        "scorer_seconds": round(t_all, 2), "speedup": round(t_ref / t_all, 1),
+        "scorer_profile": out_profile,
         "agreement_on_subset": {"evaluate_logps_chosen": metrics.get("eval_logps/chosen"),
                                 "scorer_logps_chosen": fast_sub["eval_logps/chosen"],
                                 "evaluate_logps_rejected": metrics.get("eval_logps/rejected"),
                                 "scorer_logps_rejected": fast_sub["eval_logps/rejected"],
                                 "scorer_seconds_subset": round(t_sub, 2)},
     }
+
+
+def matmul_ceiling(device: str, tokens: int = 16384) -> dict:
+    """bf16 TFLOP/s of plain cuBLAS matmuls at Mistral-7B's MLP/attention shapes: the ceiling any path here meets."""
+    if device != "cuda":
+        return {}
+    out = {}
+    for name, (k, n) in {"up/gate 4096->14336": (4096, 14336), "down 14336->4096": (14336, 4096),
+                         "q/o 4096->4096": (4096, 4096)}.items():
+        x = torch.randn(tokens, k, device=device, dtype=torch.bfloat16)
+        w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
+        for _ in range(3):
+            torch.nn.functional.linear(x, w)
+        sync()
+        t0 = time.perf_counter()
+        reps = 20
+        for _ in range(reps):
+            torch.nn.functional.linear(x, w)
+        sync()
+        out[name] = round(2 * tokens * k * n * reps / (time.perf_counter() - t0) / 1e12, 1)
+        del x, w
+    empty_cache()
+    return out
 
 
 def versions() -> dict:
@@ -500,6 +602,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--evaluate-subset", type=int, default=64, help="pairs ORPOTrainer.evaluate runs (extrapolated)")
     ap.add_argument("--variants", default="", help="extra fast-path variants on the same model, e.g. '8:16,4:8' "
                     "= micro-batch:checkpointed-layers (grad-accum keeps 8 pairs per step)")
+    ap.add_argument("--evaluate-batch-sizes", default="8", help="eval batch sizes ORPOTrainer.evaluate is timed at "
+                    "(the first one is the reference for the speed-up)")
+    ap.add_argument("--profile-steps", type=int, default=0, help="profile the fast run's last N steps (untimed)")
+    ap.add_argument("--profile-scorer", action="store_true", help="profile the held-out scorer's full run")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,eval")
     ap.add_argument("--tiny", action="store_true", help="smoke test of the plumbing on a tiny model (CPU ok)")
     a = ap.parse_args(argv)
@@ -528,7 +634,7 @@ def main(argv=None) -> dict:
     from helpers.profiles import resolve_config
 
     # The fast path's config: the h100 profile, overridden only where a benchmark must.
-    fast_overrides = benchmark_overrides(a.warmup + a.fast_steps)
+    fast_overrides = benchmark_overrides(a.warmup + a.fast_steps + a.profile_steps)
     fast_cfg = resolve_config("h100", fast_overrides)
     log(f"fast = notebook 04's cells with cfg = resolve_config('h100', {fast_overrides}) "
         f"(benchmark overrides: run length; eval/save/logging cadence past the end)")
@@ -562,6 +668,8 @@ def main(argv=None) -> dict:
         out_path.write_text(json.dumps(result, indent=2))
 
     log(f"device {device} {result['gpu']}; versions {result['versions']}")
+    result["matmul_ceiling_tflops"] = matmul_ceiling(device)
+    log(f"bf16 matmul ceiling (TFLOP/s): {result['matmul_ceiling_tflops']}")
     tokenizer = build_tokenizer(config["vocab_size"])
     data = make_data(synthetic_pairs(a.train_pairs, config["vocab_size"], seed=0),
                      synthetic_pairs(a.eval_pairs, config["vocab_size"], seed=1))
@@ -606,7 +714,8 @@ def main(argv=None) -> dict:
 
             tokenized_eval = evald.map(maybe_apply_chat_template,
                                        fn_kwargs={"processing_class": tokenizer}).map(tr.tokenize_row)
-            result["eval"] = eval_speed(tr, tokenized_eval, a.evaluate_subset, precision)
+            result["eval"] = eval_speed(tr, tokenized_eval, a.evaluate_subset, precision,
+                                        [int(b) for b in a.evaluate_batch_sizes.split(",")], a.profile_scorer)
             log(f"eval: {result['eval']}")
             save()
         del tr, model
@@ -629,7 +738,7 @@ def main(argv=None) -> dict:
                 "train_sampling_strategy", "max_steps", "eval_strategy", "eval_steps", "save_steps",
                 "logging_steps", "seed")}}
         log(f"fast as built by notebook 04's cells: {result['settings']['fast']['as_built']}")
-        r = run_training("fast", tr, a.warmup)
+        r = run_training("fast", tr, a.warmup, a.profile_steps)
         r["pairs_per_step"] = fast_cfg.per_device_train_batch_size * fast_cfg.gradient_accumulation_steps
         result["runs"]["fast"] = r
         result["same_math"] = same_math(tr)
