@@ -18,8 +18,9 @@ In one run it measures:
          max_steps, and eval/save/logging cadence pushed past the run's end (printed and saved in the JSON); the
          end-of-run evaluation and checkpoint the Trainer would add after the last step are skipped (untimed anyway).
   t4     the t4 profile's settings (fp16, fp16 compute dtype), peak memory only (a T4 has 15 GiB)
-  eval   held-out scoring of --eval-pairs pairs: helpers.fast_orpo.score_pairs vs ORPOTrainer.evaluate (the latter on
-         a subset, extrapolated linearly; the output says so)
+  eval   held-out scoring of --eval-pairs pairs: notebook 05's helpers.scoring.mean_answer_logps (on the model loaded
+         as notebook 05 loads it) vs ORPOTrainer.evaluate at eval batch 8 and 2 (the latter on a subset, extrapolated
+         linearly; the output says so)
   same   the fast loss path vs TRL's on one fixed batch, same model and autocast: loss, NLL and odds-ratio parts, with
          the attention-mask-dropping variant on (the default) and off
 Tokens/s counts real tokens only: non-pad tokens of chosen + rejected, prompt tokens included (the prompt is read
@@ -33,6 +34,7 @@ all steps (the longest batch comes first under length grouping). `--tiny` runs t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -65,8 +67,8 @@ SEED = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradie
 # The fast path itself is NOT described here: `fast` runs notebook 04's own cells (see notebook_cells below).
 # FAST only seeds the optional --variants (micro-batch / checkpointed-layer sweeps on the same model), which are built
 # by make_trainer like the seed and t4 runs; they mirror the h100 profile but are not the notebook's code.
-FAST = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, gradient_checkpointing=True,
-            checkpoint_layers=20, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
+FAST = dict(per_device_train_batch_size=16, gradient_accumulation_steps=1, gradient_checkpointing=True,
+            checkpoint_layers=None, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
             train_sampling_strategy="group_by_length", use_liger_kernel=True, trainer="FastORPOTrainer")
 # The t4 profile (fp16 everywhere: a T4 has no bf16). Same pairs per optimizer step as the seed.
 T4 = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=True,
@@ -321,6 +323,31 @@ def throughput(stamps: list, warmup: int, t_start: float, tail: int = 0) -> dict
             "step_seconds": step_s, "step_tokens": [s[1] for s in stamps]}
 
 
+# (Liger cannot be switched off per variant: the fast run has already patched the shared model's modules.)
+VARIANT_FLAGS = {"cudnn": ("sdpa_backends", None), "nofuse": ("fuse_lora", False),
+                 "random": ("train_sampling_strategy", None)}
+
+
+def variant(spec: str, base: dict) -> tuple[dict, str]:
+    """'MB:LAYERS[:flag+flag]' -> trainer settings and a name. LAYERS: checkpointed decoder layers, 'all' or a number
+    (0 = no checkpointing). Flags switch one speed-up off: cudnn (PyTorch's own SDPA choice), nofuse (PEFT's LoRA
+    forward), random (no length grouping). Grad-accum keeps at least 8 pairs per optimizer step."""
+    parts = spec.split(":")
+    mb, layers = int(parts[0]), parts[1]
+    kind = dict(base, per_device_train_batch_size=mb, gradient_accumulation_steps=max(1, 8 // mb))
+    if layers == "all":
+        kind.update(checkpoint_layers=None, gradient_checkpointing=True)
+    else:
+        kind.update(checkpoint_layers=int(layers), gradient_checkpointing=int(layers) > 0)
+    flags = [f for f in (parts[2].split("+") if len(parts) > 2 else []) if f]
+    for flag in flags:
+        if flag not in VARIANT_FLAGS:
+            raise SystemExit(f"--variants {spec!r}: unknown flag {flag!r}; known: {sorted(VARIANT_FLAGS)}")
+        key, value = VARIANT_FLAGS[flag]
+        kind[key] = value
+    return kind, f"fast_mb{mb}_ckpt{layers}" + "".join(f"_{f}" for f in flags)
+
+
 def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, precision: str, use_cpu: bool,
                  eval_data=None, peft=True):
     from peft import LoraConfig
@@ -347,6 +374,9 @@ def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, 
                   processing_class=tokenizer, peft_config=peft_config)
     if kind["trainer"] == "FastORPOTrainer":
         trainer.checkpoint_layers = kind.get("checkpoint_layers")
+        for key in ("sdpa_backends", "fuse_lora"):
+            if key in kind:
+                setattr(trainer, key, kind[key])
     return instrument(trainer)
 
 
@@ -445,7 +475,9 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
                                 ("fast", type(trainer).concatenated_forward, True),
                                 ("fast_mask_kept", type(trainer).concatenated_forward, False)):
             trainer.drop_padding_mask = drop
-            c, r, _, _, nll = fwd(trainer, model, batch)
+            kernels = trainer.kernels() if name != "trl" else contextlib.nullcontext()  # as its training steps run
+            with kernels:
+                c, r, _, _, nll = fwd(trainer, model, batch)
             ratio_terms = trainer.odds_ratio_loss(c, r)[0]
             out[name] = {"loss": float(nll - ratio_terms.mean()), "nll": float(nll), "odds_ratio": float(ratio_terms.mean())}
     model.train(was)
@@ -469,55 +501,74 @@ def time_evaluate(trainer, dataset, batch_size: int) -> tuple[float, dict]:
     return time.perf_counter() - t0, metrics
 
 
-def eval_speed(trainer, tokenized_eval, subset: int, precision: str, batch_sizes=(8,), profile: bool = False) -> dict:
-    """score_pairs on all of `tokenized_eval` vs ORPOTrainer.evaluate on the first `subset` pairs (extrapolated),
-    evaluate run once per eval batch size in `batch_sizes`, after an untimed warm-up evaluate on 8 pairs."""
-    from helpers.fast_orpo import score_pairs, summarize_scores
+def load_like_notebook_05(model_path: Path, adapter_path: Path, device: str):
+    """The model notebook 05 scores with: the base in 4-bit (BitsAndBytesConfig as notebook 03 saves it) plus the
+    trained adapter via PeftModel.from_pretrained, in eval mode (its model cell, minus the run-folder plumbing)."""
+    from peft import PeftModel
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    n = len(tokenized_eval)
-    sub = tokenized_eval.select(range(subset))
-    time_evaluate(trainer, tokenized_eval.select(range(subset, subset + 8)), max(batch_sizes))  # warm-up, untimed
-    evaluate = {}
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    base = load_4bit(model_path, dtype, device)
+    return PeftModel.from_pretrained(base, str(adapter_path)).eval()
+
+
+def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_sizes=(8, 2),
+               profile: bool = False) -> dict:
+    """Notebook 05's held-out scoring (helpers.scoring.mean_answer_logps, chosen + rejected answers of every pair)
+    vs ORPOTrainer.evaluate on the same pairs.
+
+    evaluate runs on the first `subset` pairs at each eval batch size in `batch_sizes` (after an untimed warm-up on
+    8 other pairs) and is extrapolated linearly to all pairs; the faster batch size is the reference. The scorer
+    runs on all pairs, on `scorer_model` loaded the way notebook 05 loads it. Agreement: the scorer on the trainer's
+    own model and the subset reproduces evaluate's mean chosen/rejected log-probs.
+    """
+    from trl.data_utils import maybe_apply_chat_template
+
+    from helpers.scoring import mean_answer_logps
+
+    n = len(eval_rows)
+    tokenized = eval_rows.map(maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer}).map(
+        trainer.tokenize_row)
+    time_evaluate(trainer, tokenized.select(range(subset, subset + 8)), max(batch_sizes))  # warm-up, untimed
+    evaluate, metrics = {}, None
     for bs in batch_sizes:
-        t_eval, metrics = time_evaluate(trainer, sub, bs)
+        t_eval, metrics = time_evaluate(trainer, tokenized.select(range(subset)), bs)
         evaluate[bs] = {"seconds_measured": round(t_eval, 2), "seconds_extrapolated": round(t_eval * n / subset, 1),
                         "pairs_per_s": round(subset / t_eval, 2)}
-        log(f"evaluate batch {bs}: {evaluate[bs]}")
-    sync()
-    t0 = time.perf_counter()
-    scores_sub = score_pairs(trainer.model, [sub[i] for i in range(subset)], dtype=dtype,
-                             pad_token_id=trainer.padding_value)
-    sync()
-    t_sub = time.perf_counter() - t0
-    rows = [tokenized_eval[i] for i in range(n)]
+        log(f"evaluate, eval batch {bs}: {evaluate[bs]}")
+    ref_bs = min(evaluate, key=lambda b: evaluate[b]["seconds_extrapolated"])
+
+    sub = eval_rows.select(range(subset))
+    agree = {"evaluate_logps_chosen": metrics.get("eval_logps/chosen"),
+             "scorer_logps_chosen": float(np.mean(mean_answer_logps(trainer.model, tokenizer, sub["prompt"],
+                                                                    sub["chosen"]))),
+             "evaluate_logps_rejected": metrics.get("eval_logps/rejected"),
+             "scorer_logps_rejected": float(np.mean(mean_answer_logps(trainer.model, tokenizer, sub["prompt"],
+                                                                      sub["rejected"])))}
+    prompts, chosen, rejected = eval_rows["prompt"], eval_rows["chosen"], eval_rows["rejected"]
+    mean_answer_logps(scorer_model, tokenizer, prompts[:16], chosen[:16])  # warm-up, untimed
     prof = None
     if profile:
-        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                  torch.profiler.ProfilerActivity.CUDA])
         prof.__enter__()
     sync()
     t0 = time.perf_counter()
-    _ = score_pairs(trainer.model, rows, dtype=dtype, pad_token_id=trainer.padding_value)
+    mean_answer_logps(scorer_model, tokenizer, prompts, chosen)  # as notebook 05 calls it
+    mean_answer_logps(scorer_model, tokenizer, prompts, rejected)
     sync()
     t_all = time.perf_counter() - t0
     out_profile = None
     if prof is not None:
         prof.__exit__(None, None, None)
         out_profile = summarize_profile(prof, t_all, 1)
-    fast_sub = summarize_scores(scores_sub, trainer.beta)
-    t_ref = evaluate[batch_sizes[0]]["seconds_extrapolated"]
+    t_ref = evaluate[ref_bs]["seconds_extrapolated"]
     return {
-        "pairs": n, "evaluate_pairs_run": subset, "evaluate": evaluate,
-        "evaluate_seconds_extrapolated": t_ref, "evaluate_batch_size": batch_sizes[0],
+        "pairs": n, "evaluate_pairs_run": subset, "evaluate": evaluate, "evaluate_reference_batch_size": ref_bs,
+        "evaluate_seconds_extrapolated": t_ref,
         "evaluate_extrapolated": "linearly, from the subset" if subset < n else "no (all pairs run)",
-        "evaluate_seconds_measured": evaluate[batch_sizes[0]]["seconds_measured"],
-        "scorer_seconds": round(t_all, 2), "speedup": round(t_ref / t_all, 1),
-        "scorer_profile": out_profile,
-        "agreement_on_subset": {"evaluate_logps_chosen": metrics.get("eval_logps/chosen"),
-                                "scorer_logps_chosen": fast_sub["eval_logps/chosen"],
-                                "evaluate_logps_rejected": metrics.get("eval_logps/rejected"),
-                                "scorer_logps_rejected": fast_sub["eval_logps/rejected"],
-                                "scorer_seconds_subset": round(t_sub, 2)},
+        "scorer": "helpers.scoring.mean_answer_logps (notebook 05), chosen + rejected, model loaded as in notebook 05",
+        "scorer_seconds": round(t_all, 2), "scorer_pairs_per_s": round(n / t_all, 2),
+        "speedup": round(t_ref / t_all, 2), "scorer_profile": out_profile, "agreement_on_subset": agree,
     }
 
 
@@ -573,9 +624,11 @@ def print_table(result: dict) -> None:
         print(f"t4 settings peak memory: {s['t4_peak_allocated_gib']} GiB allocated (target <= 14)")
     if "eval" in result:
         e = result["eval"]
-        print(f"held-out scoring of {e['pairs']} pairs: scorer {e['scorer_seconds']} s vs ORPOTrainer.evaluate "
-              f"{e['evaluate_seconds_extrapolated']} s ({e['evaluate_extrapolated']}; ran {e['evaluate_pairs_run']} "
-              f"pairs in {e['evaluate_seconds_measured']} s): {e['speedup']}x")
+        ev = e["evaluate"][e["evaluate_reference_batch_size"]]
+        print(f"held-out scoring of {e['pairs']} pairs: notebook 05's scorer {e['scorer_seconds']} s vs "
+              f"ORPOTrainer.evaluate {e['evaluate_seconds_extrapolated']} s at eval batch "
+              f"{e['evaluate_reference_batch_size']} ({e['evaluate_extrapolated']}; ran {e['evaluate_pairs_run']} "
+              f"pairs in {ev['seconds_measured']} s): {e['speedup']}x")
     if "same_math" in result:
         m = result["same_math"]
         print(f"same math on one batch (loss, NLL, odds-ratio part vs TRL): max relative difference "
@@ -600,10 +653,10 @@ def main(argv=None) -> dict:
                     "untimed step: the longest batch comes first under length grouping)")
     ap.add_argument("--eval-pairs", type=int, default=2000)
     ap.add_argument("--evaluate-subset", type=int, default=64, help="pairs ORPOTrainer.evaluate runs (extrapolated)")
-    ap.add_argument("--variants", default="", help="extra fast-path variants on the same model, e.g. '8:16,4:8' "
-                    "= micro-batch:checkpointed-layers (grad-accum keeps 8 pairs per step)")
-    ap.add_argument("--evaluate-batch-sizes", default="8", help="eval batch sizes ORPOTrainer.evaluate is timed at "
-                    "(the first one is the reference for the speed-up)")
+    ap.add_argument("--variants", default="", help="extra fast-path variants on the same model, e.g. "
+                    "'16:all:cudnn,8:20' = micro-batch:checkpointed-layers[:flags] (see `variant`)")
+    ap.add_argument("--evaluate-batch-sizes", default="8,2", help="eval batch sizes ORPOTrainer.evaluate is timed at "
+                    "(8: Trainer's default; 2: the seed recipe's); the faster one is the reference")
     ap.add_argument("--profile-steps", type=int, default=0, help="profile the fast run's last N steps (untimed)")
     ap.add_argument("--profile-scorer", action="store_true", help="profile the held-out scorer's full run")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,eval")
@@ -710,13 +763,12 @@ def main(argv=None) -> dict:
         result["summary"]["max_pair_length_train"] = max(pair_length(x) for x in tr.train_dataset)
         save()
         if "eval" not in skip:
-            from trl.data_utils import maybe_apply_chat_template
-
-            tokenized_eval = evald.map(maybe_apply_chat_template,
-                                       fn_kwargs={"processing_class": tokenizer}).map(tr.tokenize_row)
-            result["eval"] = eval_speed(tr, tokenized_eval, a.evaluate_subset, precision,
+            tr.model.save_pretrained(work / "seed_adapter")  # notebook 05 loads a saved adapter; weights don't matter
+            scorer_model = load_like_notebook_05(path, work / "seed_adapter", device)
+            result["eval"] = eval_speed(tr, evald, a.evaluate_subset, scorer_model, tokenizer,
                                         [int(b) for b in a.evaluate_batch_sizes.split(",")], a.profile_scorer)
-            log(f"eval: {result['eval']}")
+            log(f"eval: { {k: v for k, v in result['eval'].items() if k != 'scorer_profile'} }")
+            del scorer_model
             save()
         del tr, model
         free()
@@ -749,19 +801,17 @@ def main(argv=None) -> dict:
         free()
         fast = dict(FAST, use_liger_kernel=FAST["use_liger_kernel"] and cuda)
         for spec in filter(None, a.variants.split(",")):
-            mb, ck = (int(x) for x in spec.split(":"))
-            kind = dict(fast, per_device_train_batch_size=mb, gradient_accumulation_steps=max(1, 8 // mb),
-                        checkpoint_layers=ck, gradient_checkpointing=ck > 0)
-            name = f"fast_mb{mb}_ckpt{ck}"
+            kind, name = variant(spec, fast)
             try:
                 vt = make_trainer(kind, peft_model, train, tokenizer, work / name, a.warmup + a.variant_steps,
                                   precision, not cuda, peft=False)
                 r = run_training(name, vt, a.warmup)
-                r["pairs_per_step"] = mb * max(1, 8 // mb)
+                r["pairs_per_step"] = kind["per_device_train_batch_size"] * kind["gradient_accumulation_steps"]
+                r["settings"] = kind
                 result["runs"][name] = r
                 del vt
             except torch.OutOfMemoryError as e:
-                result["runs"][name] = {"error": f"OOM: {str(e)[:200]}"}
+                result["runs"][name] = {"error": f"OOM: {str(e)[:200]}", "settings": kind}
                 log(f"{name}: OOM")
             free()
             save()

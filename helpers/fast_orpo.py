@@ -1,4 +1,4 @@
-"""A faster ORPO loss path: a drop-in subclass of TRL's `ORPOTrainer`, plus a batched held-out scorer.
+"""A faster ORPO training path: a drop-in subclass of TRL's `ORPOTrainer` (notebook 04, GPU profiles).
 
 Same math as `trl.experimental.orpo.ORPOTrainer` (tests/test_fast_orpo.py checks the loss and both of its parts
 against TRL on a fixed batch); what changes is *how* it is computed:
@@ -18,7 +18,13 @@ against TRL on a fixed batch); what changes is *how* it is computed:
    out-of-memory error shows at step 1). Less padding means fewer wasted FLOPs.
 4. **Selective activation checkpointing.** `checkpoint_layers = k` keeps gradient checkpointing on the first k decoder
    layers only: the others keep their activations (memory) and skip the recompute (time).
-5. **Autocast in the compute dtype.** TRL wraps the loss in `torch.autocast(device)`, whose CUDA default is *fp16*,
+5. **Flash attention, not cuDNN.** On an H100 PyTorch's SDPA prefers cuDNN attention, which builds a new plan for
+   every new sequence length: ~3 ms of CPU per call, and with length-varying batches the GPU sat idle 40% of a step
+   (profiled in benchmarks/orpo_speed.py). Forward, backward and checkpoint recompute run with flash / mem-efficient
+   SDPA instead (`sdpa_backends`).
+6. **Fused LoRA update.** base(x) + scaling * B(A(x)) as one addmm per LoRA layer instead of PEFT's clone, scale
+   and add over [tokens, out_features] tensors (`fuse_lora`; helpers.kernels).
+7. **Autocast in the compute dtype.** TRL wraps the loss in `torch.autocast(device)`, whose CUDA default is *fp16*,
    even when training in bf16; we autocast to bf16 when `bf16=True` (no fp16 overflow risk, no bf16->fp16 casts of
    every dequantized weight).
 
@@ -28,68 +34,15 @@ Knobs are class attributes, so the constructor stays exactly TRL's (set them on 
 from __future__ import annotations
 
 import random
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from torch.utils.data import Sampler
 from trl.experimental.orpo import ORPOTrainer
 
-# ----------------------------------------------------------------------------------------------- log-probs
-
-
-def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) for each row of `hidden` ([n, H]) under the lm_head `weight` ([V, H]), in fp32."""
-    logits = F.linear(hidden, weight).float()
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Per-token log-probs for `hidden` [n, H] -> [n], `chunk` rows of logits at a time.
-
-    Under grad each chunk is checkpointed: the forward keeps only the chunk's hidden rows, the backward recomputes its
-    logits (one extra lm_head product, ~2% of a 7B model's FLOPs) instead of storing [n, V] floats.
-    """
-    pieces = []
-    for start in range(0, hidden.shape[0], chunk):
-        h, t = hidden[start : start + chunk], targets[start : start + chunk]
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            pieces.append(checkpoint(_chunk_token_logps, h, weight, t, use_reentrant=False))
-        else:
-            pieces.append(_chunk_token_logps(h, weight, t))
-    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-
-
-def _autocast_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Cast a frozen lm_head weight to the autocast dtype once per batch (autocast would recast it every chunk)."""
-    device = weight.device.type
-    if torch.is_autocast_enabled(device) and not weight.requires_grad:
-        return weight.to(torch.get_autocast_dtype(device))
-    return weight
-
-
-def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The decoder stack (embeddings -> last norm) and the lm_head of a (PEFT-wrapped) causal LM."""
-    base = model
-    while hasattr(base, "module"):  # DDP / accelerate wrappers
-        base = base.module
-    if hasattr(base, "get_base_model"):  # PeftModel -> the LoRA-injected transformers model
-        base = base.get_base_model()
-    return base.get_decoder(), base.get_output_embeddings()
-
-
-def is_right_padded(attention_mask: torch.Tensor) -> bool:
-    """True when every row is 1...1 0...0 (real tokens first), i.e. no row has a 1 after a 0."""
-    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
-
-
-def run_decoder(decoder, input_ids, attention_mask, drop_mask: bool = True) -> torch.Tensor:
-    """Last hidden states [B, L, H]; the mask is dropped when it cannot matter (right padding + causal attention)."""
-    mask = None if (drop_mask and is_right_padded(attention_mask)) else attention_mask
-    return decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-
+from .kernels import ATTENTION_BACKENDS, attention_backends, fused_lora
+from .scoring import autocast_weight, decoder_and_head, run_decoder, token_logps
 
 # ----------------------------------------------------------------------------------------------- sampler
 
@@ -150,12 +103,17 @@ class FastORPOTrainer(ORPOTrainer):
         checkpoint_layers: None = gradient checkpointing as configured; k = checkpoint only the first k decoder layers
             (needs `gradient_checkpointing=True`; more layers = less memory, more recompute).
         mega_batch_mult: mega-batch size, in training batches, for `train_sampling_strategy="group_by_length"`.
+        sdpa_backends: SDPA backends allowed in training and evaluation steps (names of torch's SDPBackend);
+            None = PyTorch's own choice.
+        fuse_lora: compute each LoRA layer's update with one addmm (helpers.kernels.fused_lora).
     """
 
     logits_chunk: int = 4096
     drop_padding_mask: bool = True
     checkpoint_layers: int | None = None
     mega_batch_mult: int = 50
+    sdpa_backends: tuple[str, ...] | None = ATTENTION_BACKENDS
+    fuse_lora: bool = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -180,6 +138,23 @@ class FastORPOTrainer(ORPOTrainer):
         for i, layer in enumerate(decoder.layers):
             if hasattr(layer, "gradient_checkpointing"):
                 layer.gradient_checkpointing = bool(layer.gradient_checkpointing) and i < self.checkpoint_layers
+
+    # -- kernels: forward, backward and checkpoint recompute all happen inside training_step ---------------------
+    def kernels(self):
+        """The attention backends and fused LoRA this trainer's steps run with (a context manager)."""
+        stack = ExitStack()
+        if self.sdpa_backends:
+            stack.enter_context(attention_backends(self.sdpa_backends))
+        stack.enter_context(fused_lora(self.model, self.fuse_lora))
+        return stack
+
+    def training_step(self, *args, **kwargs):
+        with self.kernels():
+            return super().training_step(*args, **kwargs)
+
+    def prediction_step(self, *args, **kwargs):
+        with self.kernels():
+            return super().prediction_step(*args, **kwargs)
 
     # -- autocast in the real compute dtype -------------------------------------------------------------------
     def _autocast(self):
@@ -218,7 +193,7 @@ class FastORPOTrainer(ORPOTrainer):
         n_chosen = batch["chosen_labels"].shape[0]
         decoder, head = decoder_and_head(model)
         hidden = run_decoder(decoder, ids, mask, self.drop_padding_mask)[:, :-1]  # position t predicts token t+1
-        weight = _autocast_weight(head.weight)
+        weight = autocast_weight(head.weight)
 
         next_ids, next_labels = ids[:, 1:], labels[:, 1:]
         is_chosen = torch.zeros_like(next_ids, dtype=torch.bool)
@@ -243,78 +218,4 @@ class FastORPOTrainer(ORPOTrainer):
         return all_logps[:n_chosen], all_logps[n_chosen:], pos_mean[:n_chosen].mean(), pos_mean[n_chosen:].mean(), chosen_nll_loss
 
 
-# ----------------------------------------------------------------------------------------------- scorer
-
-
-@torch.no_grad()
-def score_pairs(model, rows, max_batch_tokens: int = 32768, logits_chunk: int = 8192, pad_token_id: int = 0,
-                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """Batched, no-grad mean answer log-probs for tokenized preference pairs (TRL's tokenized row format).
-
-    `rows`: a sequence of dicts (or a datasets.Dataset) with chosen_input_ids, chosen_labels, rejected_input_ids,
-    rejected_labels (labels -100 on the prompt), as `ORPOTrainer.tokenize_row` makes them. Every sequence is scored
-    on its own: sorted by length, packed into batches of at most `max_batch_tokens` padded tokens, right-padded and
-    run without an attention mask (exact, see `run_decoder`), log-probs taken only at answer positions.
-
-    Returns per-pair tensors chosen_logps / rejected_logps (the quantities ORPO's odds ratio and the logged rewards
-    use: rewards = beta x logps) and their ORPO log-odds.
-    """
-    device = device or next(p for p in model.parameters()).device
-    decoder, head = decoder_and_head(model)
-    seqs = []  # (length, pair index, is_chosen, ids, labels)
-    for i, r in enumerate(rows):
-        for side in ("chosen", "rejected"):
-            seqs.append((len(r[f"{side}_input_ids"]), i, side == "chosen", r[f"{side}_input_ids"], r[f"{side}_labels"]))
-    seqs.sort(key=lambda s: -s[0])
-    n_pairs = len(seqs) // 2
-    out = {True: torch.zeros(n_pairs, dtype=torch.float64), False: torch.zeros(n_pairs, dtype=torch.float64)}
-    was_training = model.training
-    model.eval()
-    ctx = torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else nullcontext()
-    try:
-        start = 0
-        while start < len(seqs):
-            width = seqs[start][0]  # longest in this batch (sorted)
-            n = max(1, min(len(seqs) - start, max_batch_tokens // width))
-            group = seqs[start : start + n]
-            start += n
-            ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-            labels = torch.full((n, width), -100, dtype=torch.long)
-            mask = torch.zeros((n, width), dtype=torch.long)
-            for j, (length, _, _, seq_ids, seq_labels) in enumerate(group):
-                ids[j, :length], labels[j, :length], mask[j, :length] = torch.tensor(seq_ids), torch.tensor(seq_labels), 1
-            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-            with ctx:
-                hidden = run_decoder(decoder, ids, mask)[:, :-1]
-                sel = labels[:, 1:] != -100
-                rows_, cols = torch.nonzero(sel, as_tuple=True)
-                tok = token_logps(hidden[rows_, cols], _autocast_weight(head.weight), labels[:, 1:][rows_, cols],
-                                  logits_chunk)
-            sums = torch.zeros(n, device=tok.device, dtype=torch.float64).index_add(0, rows_, tok.double())
-            means = (sums / sel.sum(1).clamp(min=1)).cpu()
-            for j, (_, pair, is_chosen, _, _) in enumerate(group):
-                out[is_chosen][pair] = means[j]
-    finally:
-        model.train(was_training)
-    c, r = out[True], out[False]
-    log_odds = (c - r) - (torch.log(-torch.expm1(c)) - torch.log(-torch.expm1(r)))
-    return {"chosen_logps": c, "rejected_logps": r, "log_odds": log_odds}
-
-
-def summarize_scores(scores: dict[str, torch.Tensor], beta: float) -> dict[str, float]:
-    """Held-out metrics with the names ORPOTrainer.evaluate logs (rewards = beta x mean answer log-prob)."""
-    c, r = scores["chosen_logps"], scores["rejected_logps"]
-    return {
-        "eval_rewards/chosen": float(beta * c.mean()),
-        "eval_rewards/rejected": float(beta * r.mean()),
-        "eval_rewards/accuracies": float((c > r).double().mean()),
-        "eval_rewards/margins": float(beta * (c - r).mean()),
-        "eval_logps/chosen": float(c.mean()),
-        "eval_logps/rejected": float(r.mean()),
-        "eval_log_odds_chosen": float(scores["log_odds"].mean()),
-        "eval_log_odds_ratio": float(F.logsigmoid(scores["log_odds"]).mean()),
-    }
-
-
-__all__ = ["FastORPOTrainer", "LengthGroupedPairSampler", "score_pairs", "summarize_scores", "token_logps",
-           "decoder_and_head", "run_decoder", "is_right_padded", "pair_length"]
+__all__ = ["FastORPOTrainer", "LengthGroupedPairSampler", "pair_length"]

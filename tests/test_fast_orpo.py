@@ -1,4 +1,4 @@
-"""FastORPOTrainer computes TRL's ORPO loss (and both of its parts), only faster; the scorer matches it too.
+"""FastORPOTrainer computes TRL's ORPO loss (and both of its parts), only faster.
 
 CPU, offline, seconds: a tiny random MistralForCausalLM (hidden 64, 2 layers, vocab 300) and a word-level tokenizer
 built with `tokenizers`. Pairs have varied prompt and answer lengths so that padding, prompt masking and the
@@ -17,7 +17,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from helpers.fast_orpo import FastORPOTrainer, LengthGroupedPairSampler, is_right_padded, score_pairs
+from helpers.fast_orpo import FastORPOTrainer, LengthGroupedPairSampler
+from helpers.scoring import is_right_padded
 
 VOCAB = 300
 RTOL = 1e-3
@@ -117,17 +118,6 @@ def test_chunking_and_mask_do_not_change_the_loss(setup):
         finally:
             fast.logits_chunk, fast.drop_padding_mask = FastORPOTrainer.logits_chunk, True
     assert _rel(other, ref) < 1e-5
-
-
-def test_scorer_matches_trl_logps(setup):
-    model, trl, _, batch = setup
-    rows = [trl.train_dataset[i] for i in range(len(trl.train_dataset))]
-    model.eval()
-    with torch.no_grad():
-        chosen, rejected = trl.concatenated_forward(model, batch)[:2]
-    scores = score_pairs(model, rows, max_batch_tokens=50, pad_token_id=0)  # several small batches
-    assert _rel(scores["chosen_logps"], chosen) < RTOL
-    assert _rel(scores["rejected_logps"], rejected) < RTOL
 
 
 def test_length_grouped_sampler():

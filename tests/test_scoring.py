@@ -65,3 +65,32 @@ def test_left_padded_batch_generation_equals_one_by_one(tiny):
     alone = [generate_greedy(model, tokenizer, [p], max_new_tokens=5)[0] for p in PROMPTS]
     assert together == alone
     assert tokenizer.padding_side == side  # generation's left padding must not leak into training
+
+
+def test_token_budget_batching_gives_the_same_scores(tiny):
+    model, tokenizer = tiny
+    expected = [reference_logp(model, tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS)]
+    for budget in (1, 20, 10_000):  # one sequence per batch, a few, all at once
+        got = mean_answer_logps(model, tokenizer, PROMPTS, ANSWERS, max_batch_tokens=budget)
+        assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_scores_are_the_logps_orpo_trains_on(tiny, tmp_path):
+    """Notebook 05's scorer and ORPOTrainer's chosen/rejected logps are the same quantity, same numbers."""
+    from datasets import Dataset
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    model, tokenizer = tiny
+    rejected = [[{"role": "assistant", "content": "5 2 9"}]] * len(PROMPTS)
+    data = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r}
+                              for p, c, r in zip(PROMPTS, ANSWERS, rejected)])
+    args = ORPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_length=64, report_to="none",
+                      per_device_train_batch_size=len(PROMPTS))
+    trainer = ORPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(len(data))]))
+    with torch.no_grad():
+        chosen_trl, rejected_trl = trainer.concatenated_forward(model, batch)[:2]
+    prompts = data["prompt"]
+    assert mean_answer_logps(model, tokenizer, prompts, data["chosen"]) == pytest.approx(chosen_trl.tolist(), abs=1e-5)
+    assert mean_answer_logps(model, tokenizer, prompts, data["rejected"]) == pytest.approx(rejected_trl.tolist(),
+                                                                                          abs=1e-5)

@@ -1,0 +1,125 @@
+"""helpers.kernels changes which kernels run, never the numbers: fused LoRA == PEFT's LoRA, forward and backward.
+
+CPU, offline, seconds: a tiny random Mistral with LoRA on all seven projections (B made non-zero, so the LoRA update
+actually contributes), fp32, compared with and without the fused path.
+"""
+
+import copy
+import os
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import MistralConfig, MistralForCausalLM
+
+from helpers.kernels import attention_backends, fused_lora, lora_layers
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _lora_model(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    cfg = MistralConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = get_peft_model(MistralForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                                               target_modules=TARGETS))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # B starts at zero: make the update count
+    return model
+
+
+def _loss_and_grads(model, ids, fused):
+    model.zero_grad()
+    with fused_lora(model, active=fused) as n, attention_backends():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, n
+
+
+def test_fused_lora_equals_peft_forward_and_backward():
+    model = _lora_model()
+    model.train()
+    ids = torch.randint(3, 100, (3, 17))
+    loss_ref, grads_ref, n_off = _loss_and_grads(model, ids, fused=False)
+    loss_fused, grads_fused, n_on = _loss_and_grads(model, ids, fused=True)
+    assert n_off == 0 and n_on == 2 * len(TARGETS)  # every LoRA layer of both decoder layers was fused
+    assert len(grads_ref) == 2 * 2 * len(TARGETS)  # lora_A and lora_B of each
+    torch.testing.assert_close(loss_fused, loss_ref, rtol=1e-5, atol=1e-6)
+    for name, g in grads_ref.items():
+        torch.testing.assert_close(grads_fused[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_lora_restores_peft_forward_and_skips_what_it_cannot_fuse():
+    model = _lora_model(dropout=0.1)  # dropout: the fused forward must fall back to PEFT's
+    layers = lora_layers(model)
+    assert len(layers) == 2 * len(TARGETS)
+    model.eval()  # dropout off in eval, but the module is still nn.Dropout: fallback path either way
+    ids = torch.randint(3, 100, (2, 9))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        with fused_lora(model):
+            assert all("forward" in layer.__dict__ for layer in layers)
+            got = model(input_ids=ids).logits
+    assert all("forward" not in layer.__dict__ for layer in layers)  # PEFT's own forward is back
+    torch.testing.assert_close(got, ref)
+
+
+def test_fused_lora_under_autocast_matches_within_bf16_rounding():
+    model = _lora_model(seed=1)
+    ids = torch.randint(3, 100, (2, 11))
+    reference = copy.deepcopy(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = reference(input_ids=ids).logits.float()
+        with fused_lora(model):
+            got = model(input_ids=ids).logits.float()
+    assert (got - ref).abs().max() <= 2e-2 * ref.abs().max()  # one bf16 rounding less, nothing more
+
+
+@pytest.mark.parametrize("names", [("MATH",), ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")])
+def test_attention_backends_do_not_change_logits(names):
+    model = _lora_model().eval()
+    ids = torch.randint(3, 100, (2, 13))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        with attention_backends(names):
+            got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_trainer_training_step_gives_trls_gradients(tmp_path):
+    """Through `training_step` (fused LoRA + attention backends + the chunked loss) the LoRA gradients are TRL's."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from helpers.fast_orpo import FastORPOTrainer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(97)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<unk>")
+    g = torch.Generator().manual_seed(0)
+    words = lambda k: " ".join(f"w{int(i)}" for i in torch.randint(0, 97, (k,), generator=g))  # noqa: E731
+    data = Dataset.from_list([{"prompt": words(3 + i), "chosen": " " + words(2 + 2 * i), "rejected": " " + words(9 - i)}
+                              for i in range(4)])
+    args = ORPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_length=64, report_to="none",
+                      per_device_train_batch_size=4, beta=0.1)
+    grads = []
+    for cls in (ORPOTrainer, FastORPOTrainer):
+        model = _lora_model()  # same seed: same base weights and same (non-zero) adapters
+        trainer = cls(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which we skip
+        model.zero_grad()
+        trainer.training_step(trainer.model, batch)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert len(grads[0]) == 2 * 2 * len(TARGETS) and grads[0].keys() == grads[1].keys()
+    for name, g_trl in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g_trl, rtol=1e-3, atol=1e-6, msg=name)
