@@ -637,7 +637,8 @@ def print_table(result: dict) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows))
     s = result["summary"]
-    print(f"\nfast / seed tokens/s: {s.get('speedup_fast_over_seed')}x (target >= 4.0, peak <= 40 GiB); "
+    print(f"\nfast / seed tokens/s: {s.get('speedup_fast_over_seed', 'n/a (one of them skipped)')}x "
+          f"(target >= 4.0, peak <= 40 GiB); "
           f"warm-up {result['args']['warmup']} steps each, untimed")
     if "t4_peak_allocated_gib" in s:
         print(f"t4 settings peak memory: {s['t4_peak_allocated_gib']} GiB allocated (target <= 14)")
