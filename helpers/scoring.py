@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .data import _ids
 from .kernels import attention_backends, compute_dtype_of, fused_lora
 
 # ----------------------------------------------------------------------------------------------- log-prob core
@@ -77,10 +76,17 @@ def run_decoder(decoder, input_ids, attention_mask, drop_mask: bool = True) -> t
 # ----------------------------------------------------------------------------------------------- scoring
 
 
-def _encode_answer(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[list[int], int]:
-    """Token ids of prompt + answer (template applied once) and the prompt's length."""
-    prompt_len = len(_ids(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)))
-    return _ids(tokenizer.apply_chat_template(prompt + answer, tokenize=True)), prompt_len
+def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[int], int]]:
+    """Token ids of each prompt + answer (chat template applied once) and its prompt's length.
+
+    Renders the template to text, then tokenizes every text in one batched call (the fast tokenizer's Rust side),
+    ~2x quicker than apply_chat_template(tokenize=True) one answer at a time. The rendered text already holds BOS.
+    """
+    prompt_texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    full_texts = [tokenizer.apply_chat_template(p + a, tokenize=False) for p, a in zip(prompts, answers, strict=True)]
+    ids = tokenizer(prompt_texts + full_texts, add_special_tokens=False)["input_ids"]
+    n = len(prompt_texts)
+    return [(ids[n + i], len(ids[i])) for i in range(n)]
 
 
 @torch.no_grad()
@@ -93,7 +99,7 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
     `batch_size` sequences, if given); half-precision models run under autocast in their own dtype, so fp32 LoRA
     weights and fp32 norms do not drag every activation into fp32; attention and LoRA use helpers.kernels.
     """
-    encoded = [_encode_answer(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
+    encoded = encode_answers(tokenizer, prompts, answers)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # longest first: OOM shows at once
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
