@@ -591,6 +591,32 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
     }
 
 
+def linear_params(config: dict) -> int:
+    """Weights of the decoder's linear layers (q, k, v, o, gate, up, down) x layers: 2 FLOPs each per token."""
+    h, i, kv = config["hidden_size"], config["intermediate_size"], config["num_key_value_heads"] * config["head_dim"]
+    return config["num_hidden_layers"] * (2 * h * h + 2 * h * kv + 3 * h * i)
+
+
+def scoring_bound(result: dict, config: dict = MISTRAL_7B) -> dict:
+    """How fast held-out scoring could possibly be on this GPU: the decoder's linear-layer FLOPs for the eval pairs
+    (each answer with its prompt, as scored; and with each prompt computed once, as no scorer here does) at the
+    best bf16 matmul rate measured in the same run, attention, norms, the lm_head and dequantization counted as free.
+    The evaluate time divided by that floor is the largest speed-up any exact scorer can show against it."""
+    e, ceiling = result.get("eval"), max((result.get("matmul_ceiling_tflops") or {}).values(), default=None)
+    if not e or not ceiling:
+        return {}
+    rows = synthetic_pairs(e["pairs"], config["vocab_size"], seed=1)  # the eval pairs (deterministic)
+    as_scored = sum(2 * r["prompt_tokens"] + r["chosen_tokens"] + r["rejected_tokens"] for r in rows)
+    prompt_once = sum(r["prompt_tokens"] + r["chosen_tokens"] + r["rejected_tokens"] for r in rows)
+    out = {"matmul_ceiling_tflops": ceiling, "tokens_as_scored": as_scored, "tokens_prompt_once": prompt_once}
+    for name, tokens in (("as_scored", as_scored), ("prompt_once", prompt_once)):
+        floor = 2 * linear_params(config) * tokens / (ceiling * 1e12)
+        out[f"floor_seconds_{name}"] = round(floor, 1)
+        out[f"max_speedup_{name}"] = round(e["evaluate_seconds_extrapolated"] / floor, 2)
+    out["scorer_over_floor"] = round(e["scorer_seconds"] / out["floor_seconds_as_scored"], 2)
+    return out
+
+
 def matmul_ceiling(device: str, tokens: int = 16384) -> dict:
     """bf16 TFLOP/s of plain cuBLAS matmuls at Mistral-7B's MLP/attention shapes: the ceiling any path here meets."""
     if device != "cuda":
@@ -649,6 +675,13 @@ def print_table(result: dict) -> None:
               f"ORPOTrainer.evaluate {e['evaluate_seconds_extrapolated']} s at eval batch "
               f"{e['evaluate_reference_batch_size']} ({e['evaluate_extrapolated']}; ran {e['evaluate_pairs_run']} "
               f"pairs in {ev['seconds_measured']} s): {e['speedup']}x")
+        if e.get("bound"):
+            b = e["bound"]
+            print(f"  bound: the decoder's matmuls alone, at this GPU's measured {b['matmul_ceiling_tflops']} TFLOP/s, "
+                  f"take {b['floor_seconds_as_scored']} s for these pairs (prompt once per pair: "
+                  f"{b['floor_seconds_prompt_once']} s): no exact scorer beats evaluate by more than "
+                  f"{b['max_speedup_as_scored']}x ({b['max_speedup_prompt_once']}x); this one is "
+                  f"{b['scorer_over_floor']}x the floor")
     if "same_math" in result:
         d = result["same_math"]["max_rel_diff"]
         print(f"same math on one batch (loss, NLL, odds-ratio part; max relative difference): fast path with its "
@@ -683,9 +716,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile-steps", type=int, default=0, help="profile the fast run's last N steps (untimed)")
     ap.add_argument("--profile-scorer", action="store_true", help="profile the held-out scorer's full run")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,eval")
+    ap.add_argument("--scoring-bound", metavar="RESULT_JSON", help="print the scoring speed-up bound for a saved "
+                    "result (see `scoring_bound`) and exit; no GPU needed")
     ap.add_argument("--tiny", action="store_true", help="smoke test of the plumbing on a tiny model (CPU ok)")
     a = ap.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
+    if a.scoring_bound:
+        bound = scoring_bound(json.loads(Path(a.scoring_bound).read_text()))
+        print(json.dumps(bound, indent=2))
+        return bound
 
     cuda = torch.cuda.is_available()
     if not cuda and not a.tiny:
@@ -790,6 +829,8 @@ def main(argv=None) -> dict:
             scorer_model = load_like_notebook_05(path, work / "seed_adapter", device)
             result["eval"] = eval_speed(tr, evald, a.evaluate_subset, scorer_model, tokenizer,
                                         [int(b) for b in a.evaluate_batch_sizes.split(",")], a.profile_scorer)
+            if not a.tiny:
+                result["eval"]["bound"] = scoring_bound(result)
             log(f"eval: { {k: v for k, v in result['eval'].items() if k != 'scorer_profile'} }")
             del scorer_model
             save()

@@ -6,7 +6,9 @@ rundir       (all)    the run directory notebooks talk through
 offline_default, tasks (02, 05)  the embedded tiny model + UltraFeedback-schema data, task checkers
 data         (02)     load, normalize, measure and filter preference pairs
 modeling     (03, 04) memory report, checkpoints, progress and throughput callbacks
-scoring      (05)     batched log-prob scoring and greedy generation
+scoring      (05)     batched log-prob scoring and greedy generation (its log-prob core is shared with fast_orpo)
+fast_orpo    (04 GPU) FastORPOTrainer: TRL's ORPO loss without the full logits, length-grouped batches
+kernels      (04, 05) attention backend choice and the fused LoRA update (GPU speed, same math)
 plots, report (02, 04, 05)  figures and report.md
 runner       (CLI)    papermill 01 -> 05: `python -m helpers.runner`
 """

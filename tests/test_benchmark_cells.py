@@ -144,3 +144,20 @@ def test_the_benchmark_instrumentation_keeps_the_notebooks_trainer_class(bench, 
     res = bench.throughput(trainer.stamps, 1, trainer.stamps[0][0] - 1.0)
     assert len(trainer.stamps) == 2 and res["timed_steps"] == 1 and res["real_tokens"] > 0
     assert not (ns["run"].checkpoints).exists() or not any(ns["run"].checkpoints.iterdir())  # no end-of-run save
+
+
+def test_scoring_bound_counts_mistral_7b_and_the_eval_pairs(bench):
+    # the linear layers + embeddings + lm_head + norms are Mistral-7B-v0.1's published 7,241,732,096 parameters
+    cfg = bench.MISTRAL_7B
+    norms = (2 * cfg["num_hidden_layers"] + 1) * cfg["hidden_size"]
+    assert bench.linear_params(cfg) + 2 * cfg["vocab_size"] * cfg["hidden_size"] + norms == 7_241_732_096
+    result = {"eval": {"pairs": 20, "evaluate_seconds_extrapolated": 100.0, "scorer_seconds": 50.0},
+              "matmul_ceiling_tflops": {"a": 500.0, "b": 800.0}}
+    bound = bench.scoring_bound(result)
+    rows = bench.synthetic_pairs(20, cfg["vocab_size"], seed=1)
+    tokens = sum(2 * r["prompt_tokens"] + r["chosen_tokens"] + r["rejected_tokens"] for r in rows)
+    assert bound["tokens_as_scored"] == tokens and bound["tokens_prompt_once"] < tokens
+    floor = 2 * bench.linear_params(cfg) * tokens / 800e12  # the best measured rate is the ceiling
+    assert bound["floor_seconds_as_scored"] == pytest.approx(floor, abs=0.05)
+    assert bound["max_speedup_as_scored"] == pytest.approx(100.0 / bound["floor_seconds_as_scored"], rel=1e-2)
+    assert bench.scoring_bound({"eval": None}) == {}
