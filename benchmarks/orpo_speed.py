@@ -22,7 +22,7 @@ In one run it measures:
          as notebook 05 loads it) vs ORPOTrainer.evaluate at eval batch 8 and 2 (the latter on a subset, extrapolated
          linearly; the output says so)
   same   the fast loss path vs TRL's on one fixed batch, same model and autocast: loss, NLL and odds-ratio parts, with
-         the attention-mask-dropping variant on (the default) and off
+         the numerics-changing shortcuts off (the parity check) and on, plus TRL's own path on the fast kernels
 Tokens/s counts real tokens only: non-pad tokens of chosen + rejected, prompt tokens included (the prompt is read
 twice, once per answer). seed and fast get the same --warmup optimizer steps, excluded from timing (the first steps
 pay one-off costs: Triton/Liger kernel compilation, cuBLAS/SDPA heuristics, the caching allocator growing to the
@@ -87,6 +87,7 @@ PRECISION = {
     "cpu": {"device": "cpu", "torch_dtype": "float32", "bnb_4bit_compute_dtype": "float32",
             "attn_implementation": "sdpa", "use_bf16": False, "use_fp16": False},
 }
+EVAL_SEED = 1  # synthetic_pairs seed of the held-out pairs (train pairs: 0)
 NEVER = 10**6  # eval/save/logging cadence past any benchmark's end
 TEMPLATE_WORDS = ["###", "User:", "Assistant:"]  # the chat template's words, so none of them is <unk>
 TEMPLATE_TOKENS = 6  # BOS + "### User:" + "### Assistant:" around the prompt, EOS after each answer
@@ -332,6 +333,8 @@ def variant(spec: str, base: dict) -> tuple[dict, str]:
     (0 = no checkpointing). Flags switch one speed-up off: cudnn (PyTorch's own SDPA choice), nofuse (PEFT's LoRA
     forward), random (no length grouping). Grad-accum keeps at least 8 pairs per optimizer step."""
     parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit() or not (parts[1] == "all" or parts[1].isdigit()):
+        raise SystemExit(f"--variants {spec!r}: expected MICRO_BATCH:LAYERS[:flag+flag], e.g. 16:all or 16:28:cudnn")
     mb, layers = int(parts[0]), parts[1]
     kind = dict(base, per_device_train_batch_size=mb, gradient_accumulation_steps=max(1, 8 // mb))
     if layers == "all":
@@ -420,8 +423,7 @@ def summarize_profile(prof, wall: float, steps: int, top: int = 18) -> dict:
     busy = sum(e.device_time_total if hasattr(e, "device_time_total") else 0 for e in kernels) / 1e6
     by_dev = sorted(events, key=dev, reverse=True)[:top]
     by_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    busy_ops = sum(dev(e) for e in events) / 1e6  # same quantity via ops' self device time (cross-check)
-    return {"steps": steps, "wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3), "gpu_ops_self_s": round(busy_ops, 3),
+    return {"steps": steps, "wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3),
             "gpu_busy_fraction": round(busy / wall, 3) if wall else None, "kernels": len(kernels),
             "top_gpu_self_ms": [(e.key[:90], round(dev(e) / 1e3, 1), e.count) for e in by_dev],
             "top_cpu_self_ms": [(e.key[:90], round(e.self_cpu_time_total / 1e3, 1), e.count) for e in by_cpu]}
@@ -530,8 +532,7 @@ def load_like_notebook_05(model_path: Path, adapter_path: Path, device: str):
     return PeftModel.from_pretrained(base, str(adapter_path)).eval()
 
 
-def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_sizes=(8, 2),
-               profile: bool = False) -> dict:
+def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_sizes=(8, 2)) -> dict:
     """Notebook 05's held-out scoring (helpers.scoring.mean_answer_logps, chosen + rejected answers of every pair)
     vs ORPOTrainer.evaluate on the same pairs.
 
@@ -565,21 +566,12 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
                                                                       sub["rejected"])))}
     prompts, chosen, rejected = eval_rows["prompt"], eval_rows["chosen"], eval_rows["rejected"]
     mean_answer_logps(scorer_model, tokenizer, prompts[:16], chosen[:16])  # warm-up, untimed
-    prof = None
-    if profile:
-        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                  torch.profiler.ProfilerActivity.CUDA])
-        prof.__enter__()
     sync()
     t0 = time.perf_counter()
     mean_answer_logps(scorer_model, tokenizer, prompts, chosen)  # as notebook 05 calls it
     mean_answer_logps(scorer_model, tokenizer, prompts, rejected)
     sync()
     t_all = time.perf_counter() - t0
-    out_profile = None
-    if prof is not None:
-        prof.__exit__(None, None, None)
-        out_profile = summarize_profile(prof, t_all, 1)
     t_ref = evaluate[ref_bs]["seconds_extrapolated"]
     return {
         "pairs": n, "evaluate_pairs_run": subset, "evaluate": evaluate, "evaluate_reference_batch_size": ref_bs,
@@ -587,7 +579,7 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
         "evaluate_extrapolated": "linearly, from the subset" if subset < n else "no (all pairs run)",
         "scorer": "helpers.scoring.mean_answer_logps (notebook 05), chosen + rejected, model loaded as in notebook 05",
         "scorer_seconds": round(t_all, 2), "scorer_pairs_per_s": round(n / t_all, 2),
-        "speedup": round(t_ref / t_all, 2), "scorer_profile": out_profile, "agreement_on_subset": agree,
+        "speedup": round(t_ref / t_all, 2), "agreement_on_subset": agree,
     }
 
 
@@ -605,7 +597,7 @@ def scoring_bound(result: dict, config: dict = MISTRAL_7B) -> dict:
     e, ceiling = result.get("eval"), max((result.get("matmul_ceiling_tflops") or {}).values(), default=None)
     if not e or not ceiling:
         return {}
-    rows = synthetic_pairs(e["pairs"], config["vocab_size"], seed=1)  # the eval pairs (deterministic)
+    rows = synthetic_pairs(e["pairs"], config["vocab_size"], seed=EVAL_SEED)  # the eval pairs, regenerated
     as_scored = sum(2 * r["prompt_tokens"] + r["chosen_tokens"] + r["rejected_tokens"] for r in rows)
     prompt_once = sum(r["prompt_tokens"] + r["chosen_tokens"] + r["rejected_tokens"] for r in rows)
     out = {"matmul_ceiling_tflops": ceiling, "tokens_as_scored": as_scored, "tokens_prompt_once": prompt_once}
@@ -714,7 +706,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--evaluate-batch-sizes", default="8,2", help="eval batch sizes ORPOTrainer.evaluate is timed at "
                     "(8: Trainer's default; 2: the seed recipe's); the faster one is the reference")
     ap.add_argument("--profile-steps", type=int, default=0, help="profile the fast run's last N steps (untimed)")
-    ap.add_argument("--profile-scorer", action="store_true", help="profile the held-out scorer's full run")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,eval")
     ap.add_argument("--scoring-bound", metavar="RESULT_JSON", help="print the scoring speed-up bound for a saved "
                     "result (see `scoring_bound`) and exit; no GPU needed")
@@ -787,7 +778,7 @@ def main(argv=None) -> dict:
     log(f"bf16 matmul ceiling (TFLOP/s): {result['matmul_ceiling_tflops']}")
     tokenizer = build_tokenizer(config["vocab_size"])
     data = make_data(synthetic_pairs(a.train_pairs, config["vocab_size"], seed=0),
-                     synthetic_pairs(a.eval_pairs, config["vocab_size"], seed=1))
+                     synthetic_pairs(a.eval_pairs, config["vocab_size"], seed=EVAL_SEED))
     columns = ["prompt", "chosen", "rejected"]
     train = data["train"].select_columns(columns)  # seed / t4 / variants train on what notebook 04 trains on
     evald = data["eval"].select_columns(columns)
@@ -828,10 +819,10 @@ def main(argv=None) -> dict:
             tr.model.save_pretrained(work / "seed_adapter")  # notebook 05 loads a saved adapter; weights don't matter
             scorer_model = load_like_notebook_05(path, work / "seed_adapter", device)
             result["eval"] = eval_speed(tr, evald, a.evaluate_subset, scorer_model, tokenizer,
-                                        [int(b) for b in a.evaluate_batch_sizes.split(",")], a.profile_scorer)
+                                        [int(b) for b in a.evaluate_batch_sizes.split(",")])
             if not a.tiny:
                 result["eval"]["bound"] = scoring_bound(result)
-            log(f"eval: { {k: v for k, v in result['eval'].items() if k != 'scorer_profile'} }")
+            log(f"eval: {result['eval']}")
             del scorer_model
             save()
         del tr, model

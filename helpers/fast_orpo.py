@@ -34,7 +34,7 @@ Knobs are class attributes, so the constructor stays exactly TRL's (set them on 
 from __future__ import annotations
 
 import random
-from contextlib import ExitStack, nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -140,13 +140,12 @@ class FastORPOTrainer(ORPOTrainer):
                 layer.gradient_checkpointing = bool(layer.gradient_checkpointing) and i < self.checkpoint_layers
 
     # -- kernels: forward, backward and checkpoint recompute all happen inside training_step ---------------------
+    @contextmanager
     def kernels(self):
-        """The attention backends and fused LoRA this trainer's steps run with (a context manager)."""
-        stack = ExitStack()
-        if self.sdpa_backends:
-            stack.enter_context(attention_backends(self.sdpa_backends))
-        stack.enter_context(fused_lora(self.model, self.fuse_lora))
-        return stack
+        """The attention backends and fused LoRA this trainer's steps run with."""
+        sdpa = attention_backends(self.sdpa_backends) if self.sdpa_backends else nullcontext()
+        with sdpa, fused_lora(self.model, self.fuse_lora):
+            yield
 
     def training_step(self, *args, **kwargs):
         with self.kernels():

@@ -26,12 +26,6 @@ def attention_backends(names=ATTENTION_BACKENDS):
         yield
 
 
-def compute_dtype_of(model) -> torch.dtype | None:
-    """The half-precision dtype the model computes in (from its input embeddings), or None for fp32 models."""
-    dtype = model.get_input_embeddings().weight.dtype
-    return dtype if dtype in (torch.float16, torch.bfloat16) else None
-
-
 # ----------------------------------------------------------------------------------------------- fused LoRA
 
 
@@ -66,17 +60,14 @@ def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 
 def lora_layers(model) -> list[torch.nn.Module]:
     """PEFT LoRA linear layers (plain and bitsandbytes 4-bit) inside `model`."""
+    from peft.tuners.lora import Linear
+
+    kinds = [Linear]
     try:
-        from peft.tuners.lora import Linear as LoraLinear
-        from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
-    except ImportError:  # no peft, or no bitsandbytes: nothing to fuse of that kind
-        try:
-            from peft.tuners.lora import Linear as LoraLinear
-        except ImportError:
-            return []
-        kinds = (LoraLinear,)
-    else:
-        kinds = (LoraLinear, LoraLinear4bit)
+        from peft.tuners.lora.bnb import Linear4bit  # defined only when bitsandbytes is installed
+        kinds.append(Linear4bit)
+    except ImportError:
+        pass
     return [m for m in model.modules() if type(m) in kinds]
 
 

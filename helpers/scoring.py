@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .kernels import attention_backends, compute_dtype_of, fused_lora
+from .kernels import attention_backends, fused_lora
 
 # ----------------------------------------------------------------------------------------------- log-prob core
 
@@ -74,6 +74,12 @@ def run_decoder(decoder, input_ids, attention_mask, drop_mask: bool = True) -> t
 
 
 # ----------------------------------------------------------------------------------------------- scoring
+
+
+def compute_dtype_of(model) -> torch.dtype | None:
+    """The half-precision dtype the model computes in (from its input embeddings), or None for fp32 models."""
+    dtype = model.get_input_embeddings().weight.dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
 
 
 def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[int], int]]:

@@ -154,7 +154,7 @@ def test_scoring_bound_counts_mistral_7b_and_the_eval_pairs(bench):
     result = {"eval": {"pairs": 20, "evaluate_seconds_extrapolated": 100.0, "scorer_seconds": 50.0},
               "matmul_ceiling_tflops": {"a": 500.0, "b": 800.0}}
     bound = bench.scoring_bound(result)
-    rows = bench.synthetic_pairs(20, cfg["vocab_size"], seed=1)
+    rows = bench.synthetic_pairs(20, cfg["vocab_size"], seed=bench.EVAL_SEED)
     tokens = sum(2 * r["prompt_tokens"] + r["chosen_tokens"] + r["rejected_tokens"] for r in rows)
     assert bound["tokens_as_scored"] == tokens and bound["tokens_prompt_once"] < tokens
     floor = 2 * bench.linear_params(cfg) * tokens / 800e12  # the best measured rate is the ceiling
