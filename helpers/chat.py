@@ -1,8 +1,15 @@
-"""The chat template the series uses (notebook 02 shows it, the offline default is pretrained on it).
+"""Chat templates: the one this series sets, and the checks that any model's template suits TRL (notebook 02).
 
-Mistral-7B-v0.1 is a *base* model: its tokenizer ships no chat template, so we set one explicitly.
+Mistral-7B-v0.1 is a *base* model: its tokenizer ships no chat template, so we set one explicitly (`CHAT_TEMPLATE`).
 It uses only plain text plus the tokenizer's existing BOS/EOS, so QLoRA never has to resize embeddings.
+A model that brings its own template (ChatML, Llama-3 style, Gemma style, ...) keeps it; `check_for_trl` then checks
+what ORPOTrainer actually needs from it, on the tokens TRL will build (`trl_tokens` mirrors trl 1.16's
+`ORPOTrainer.tokenize_row`, and tests/test_chat.py checks that it equals TRL's on several templates).
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 # Written with explicit {{ '\n' }} pieces: Jinja chat templates run with trim_blocks, which eats a
 # literal newline that follows a {% ... %} tag. EOS comes right after the assistant's text (no
@@ -21,3 +28,118 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
 )
+
+_PROBE_ANSWER = "Zq7 probe answer"  # a string no template contains, to find where the answer sits
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template can't train with ORPO as it is; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class TemplateFacts:
+    """What notebook 02 learns about a tokenizer's chat template (and 05 uses to stop generations)."""
+
+    accepts_system_turn: bool       # Gemma-style templates raise on a system message
+    end_of_turn: str                # what the template writes right after an assistant answer ("" if nothing)
+    stop_token_ids: tuple[int, ...]  # EOS plus the template's end-of-turn token, if that is another token
+
+
+def template_facts(tokenizer) -> TemplateFacts:
+    """Render a probe conversation to see how the template treats a system turn and ends an answer."""
+    user = [{"role": "user", "content": "Hi"}]
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."}, *user], tokenize=False)
+        system_ok = True
+    except Exception:  # jinja's raise_exception('System role not supported') and friends
+        system_ok = False
+    text = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": _PROBE_ANSWER}], tokenize=False)
+    end = text[text.rindex(_PROBE_ANSWER) + len(_PROBE_ANSWER):] if _PROBE_ANSWER in text else ""
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end_ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end.strip() else []
+    if end_ids and end_ids[0] in set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder):
+        stops.append(end_ids[0])  # e.g. <|eot_id|> (Llama-3) or <end_of_turn> (Gemma), when it is not the EOS
+    return TemplateFacts(system_ok, end, tuple(dict.fromkeys(stops)))
+
+
+def fold_system_turn(example: dict) -> dict:
+    """For templates that reject a system turn: prepend its text to the first user message (notebook 02)."""
+    prompt = example["prompt"]
+    if not prompt or prompt[0]["role"] != "system":
+        return example
+    system, rest = prompt[0]["content"], list(prompt[1:])
+    for i, message in enumerate(rest):
+        if message["role"] == "user":
+            rest[i] = {"role": "user", "content": f"{system}\n\n{message['content']}"}
+            break
+    else:
+        rest.insert(0, {"role": "user", "content": system})
+    return {**example, "prompt": rest}
+
+
+def prompt_and_answer_texts(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[str, str]:
+    """The two strings TRL tokenizes (trl.data_utils.apply_chat_template): the prompt, rendered with the generation
+    prompt and cut to its common prefix with prompt+answer (DeepSeek-R1-style templates differ there), and the
+    rest of prompt+answer."""
+    gen = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+    n = 0
+    while n < min(len(gen), len(full)) and gen[n] == full[n]:
+        n += 1
+    return full[:n], full[n:]
+
+
+def trl_tokens(tokenizer, prompt_text: str, answer_text: str, full_ids=None, prompt_ids=None) -> tuple[list[int], int]:
+    """(token ids of prompt + answer, number of prompt tokens) exactly as trl 1.16's ORPOTrainer builds them.
+
+    Both texts are tokenized without special tokens; if the prompt's last token merges with the answer's first,
+    the boundary moves one token left; BOS is prepended unless the template already starts with it; EOS is appended
+    unless the answer already ends with it. Pass `full_ids` / `prompt_ids` when they were tokenized in a batch.
+    """
+    if full_ids is None:
+        full_ids = tokenizer(prompt_text + answer_text, add_special_tokens=False)["input_ids"]
+    if prompt_ids is None:
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    start = len(prompt_ids) - (prompt_ids != full_ids[:len(prompt_ids)])
+    prompt, answer = list(full_ids[:start]), list(full_ids[start:])
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is not None and (not prompt or prompt[0] != bos):
+        prompt = [bos] + prompt
+    if not answer or answer[-1] != eos:
+        answer = answer + [eos]
+    return prompt + answer, len(prompt)
+
+
+def check_for_trl(tokenizer, example: dict, answer: str = "chosen") -> tuple[list[int], int]:
+    """Check one pair the way ORPOTrainer will tokenize it; return (ids, prompt length) or raise ONE clear error.
+
+    What TRL needs, and nothing more (ChatML's BOS-like <|im_start|> at every turn, a BOS inside the template,
+    an end-of-turn token that is not the EOS are all fine):
+    * an EOS token (TRL appends it to every answer);
+    * prompt + answer does not start with two BOS tokens;
+    * the prompt's tokens are a prefix of prompt + answer (a merge of the last prompt token is tolerated, as TRL does);
+    * the answer tokens hold the answer's text (TRL then appends EOS unless the template's end of turn is the EOS).
+    """
+    fix = ("Fix: set a template that fits (tokenizer.chat_template = helpers.chat.CHAT_TEMPLATE works for any "
+           "tokenizer with BOS/EOS), or pick the model's chat/instruct variant.")
+    if tokenizer.eos_token_id is None:
+        raise ChatTemplateError("The tokenizer has no EOS token, and TRL ends every answer with one. Fix: set "
+                                "tokenizer.eos_token to the token that ends a turn (e.g. '</s>' or '<|im_end|>').")
+    prompt_text, answer_text = prompt_and_answer_texts(tokenizer, example["prompt"], example[answer])
+    full = tokenizer(prompt_text + answer_text, add_special_tokens=False)["input_ids"]
+    alone = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    ids, prompt_len = trl_tokens(tokenizer, prompt_text, answer_text, full, alone)
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:2] == [bos, bos]:
+        raise ChatTemplateError("prompt + answer starts with two BOS tokens: the chat template writes BOS and so "
+                                f"does something else (e.g. the text). {fix}")
+    if alone[:-1] != full[:len(alone) - 1]:
+        raise ChatTemplateError("The prompt's tokens are not a prefix of prompt + answer: the chat template renders "
+                                "the prompt differently when an answer follows, so TRL would train on the wrong "
+                                f"tokens. Rendered prompt: {prompt_text[-200:]!r}. {fix}")
+    content = example[answer][-1]["content"].strip()
+    answer_tokens = tokenizer.decode(ids[prompt_len:])
+    if content[:50] not in answer_tokens:
+        raise ChatTemplateError(f"The answer's text is not in the answer tokens TRL would train on "
+                                f"({answer_tokens[:200]!r}). {fix}")
+    return ids, prompt_len

@@ -9,9 +9,12 @@ so ORPOTrainer applies the chat template exactly once (applying it yourself AND 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+from .chat import prompt_and_answer_texts, trl_tokens
 from .offline_default import OFFLINE_DATASET_ID, ensure_offline_default
+from .tasks import parse as parse_task
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 ROLES = {"system", "user", "assistant"}
@@ -46,6 +49,111 @@ def load_preference_split(dataset_id: str, split: str, *, seed: int = 0):
         raise DataError(f"{dataset_id}: not a dataset file or a folder written by save_to_disk. Fix: pass a "
                         ".json/.jsonl/.parquet file, a save_to_disk folder, or a Hub id.")
     return _load_from_hub(dataset_id, split)
+
+
+def load_preference_sources(dataset_id: str, train_split: str, eval_split: str, *, seed: int = 0):
+    """The training source and, if there is one, a separate test source (notebook 02).
+
+    Returns (train, test or None, a sentence saying where each came from). The test source is `eval_split` when
+    the dataset has that split (UltraFeedback: `test_prefs`), or `eval_split` as the path of a second file.
+    A single file, a one-split dataset, or a Hub dataset without that split has no test source: notebook 02 then
+    carves a held-out set from the training source, by prompt (`carve_by_prompt`), so no prompt is in both.
+    """
+    import datasets
+
+    eval_path = Path(eval_split).expanduser() if eval_split else None
+    if eval_path is not None and eval_path.suffix in LOCAL_SUFFIXES and not eval_path.is_file():
+        raise DataError(f"eval_split {eval_split!r} looks like a file but does not exist. Fix: the path of a second "
+                        "file of pairs, a split name such as 'test_prefs', or '' to carve a test set from the data.")
+    if eval_path is not None and eval_path.is_file():
+        test = load_preference_split(str(eval_path), "train")
+        return load_preference_split(dataset_id, train_split, seed=seed), test, f"the file {eval_path.name}"
+    available = _split_names(dataset_id, seed)
+    if available is not None and train_split not in available:
+        raise DataError(f"{dataset_id} has no split {train_split!r}; it has {sorted(available)}. Fix: set "
+                        "train_split (UltraFeedback uses train_prefs / test_prefs).")
+    train = load_preference_split(dataset_id, train_split, seed=seed)
+    if eval_split and eval_split != train_split:
+        if available is not None and eval_split in available:
+            return train, load_preference_split(dataset_id, eval_split, seed=seed), f"the split {eval_split!r}"
+        if available is None and not Path(dataset_id).expanduser().exists():  # a Hub id whose splits we could not list
+            try:
+                return train, load_preference_split(dataset_id, eval_split, seed=seed), f"the split {eval_split!r}"
+            except DataError:
+                pass
+    why = (f"it has one split only" if available is None or len(available) == 1 else
+           f"it has no split {eval_split!r}" if eval_split else "eval_split is empty")
+    return train, None, f"carved from {train_split!r} by prompt ({why})"
+
+
+def _split_names(dataset_id: str, seed: int) -> list[str] | None:
+    """Split names of a dataset, or None for a source that is one table (a file, a saved single Dataset)."""
+    import datasets
+
+    if dataset_id == OFFLINE_DATASET_ID:
+        return list(datasets.load_from_disk(str(ensure_offline_default(seed=seed).dataset_dir)))
+    path = Path(dataset_id).expanduser()
+    if path.is_dir() and (path / "dataset_dict.json").exists():
+        return list(datasets.load_from_disk(str(path)))
+    if path.exists() or dataset_id.startswith((".", "/", "~")):
+        return None
+    try:
+        return datasets.get_dataset_split_names(dataset_id)
+    except Exception:  # no Hub here: let the load itself raise its one clear message
+        return None
+
+
+def split_key(prompt: list[dict]) -> str:
+    """What "the same prompt" means for keeping train, validation and test apart.
+
+    For a checkable task of the offline default it is the task *instance* (family + operands), so "Sort
+    ascending: 3 1 2" and "Arrange from smallest to largest: 3 1 2" count as one prompt; otherwise the prompt's
+    text (every turn, whitespace normalized).
+    """
+    last = prompt[-1]["content"] if prompt else ""
+    parsed = parse_task(last) if isinstance(last, str) else None
+    if parsed:
+        family, operands = parsed
+        return f"task:{family.name}:" + ";".join(f"{k}={v}" for k, v in sorted(operands.items()))
+    return "text:" + " ".join(" ".join(str(m["content"]).split()) for m in prompt)
+
+
+def carve_by_prompt(dataset, *, seed: int, share: float | None = None, n_pairs: int | None = None,
+                    what: str = "held-out"):
+    """Split `dataset` into (rest, carved) with no prompt (`split_key`) in both; deterministic from `seed`.
+
+    `share` carves that fraction of the distinct prompts; `n_pairs` carves whole prompts until at least that many
+    pairs (or, if the data is small, at most half of its prompts).
+    """
+    keys = [split_key(p) for p in dataset["prompt"]]
+    distinct = sorted(set(keys))
+    if len(distinct) < 2:
+        raise DataError(f"The data has {len(distinct)} distinct prompt(s): a {what} set needs prompts that are not "
+                        "trained on. Fix: use data with more distinct prompts.")
+    random.Random(seed).shuffle(distinct)
+    if share is not None:
+        take = distinct[:min(len(distinct) - 1, max(1, round(share * len(distinct))))]
+    else:
+        per_key = {}
+        for key in keys:
+            per_key[key] = per_key.get(key, 0) + 1
+        take, count = [], 0
+        for key in distinct[:max(1, len(distinct) // 2)]:
+            if count >= n_pairs:
+                break
+            take.append(key)
+            count += per_key[key]
+    taken = set(take)
+    carved = [i for i, k in enumerate(keys) if k in taken]
+    rest = [i for i, k in enumerate(keys) if k not in taken]
+    return dataset.select(rest), dataset.select(carved)
+
+
+def drop_shared_prompts(dataset, other):
+    """`dataset` without the rows whose prompt (`split_key`) also occurs in `other`; returns (kept, n_dropped)."""
+    blocked = {split_key(p) for p in other["prompt"]}
+    keep = [i for i, p in enumerate(dataset["prompt"]) if split_key(p) not in blocked]
+    return dataset.select(keep), len(dataset) - len(keep)
 
 
 def _check_json_file(path: Path) -> None:
@@ -184,26 +292,20 @@ def _content_problem(row: dict) -> str | None:
 
 
 def token_lengths(example: dict, tokenizer) -> dict:
-    """Prompt and answer lengths in tokens, exactly as TRL will see them (template once, EOS included)."""
-    prompt_ids = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=True)
-    out = {"prompt_tokens": len(_ids(prompt_ids))}
+    """Prompt and answer lengths in tokens, exactly as TRL will build them (template once, BOS/EOS rules included)."""
+    out = {}
     for name in ("chosen", "rejected"):
-        full = _ids(tokenizer.apply_chat_template(example["prompt"] + example[name], tokenize=True))
-        out[f"{name}_tokens"] = len(full) - out["prompt_tokens"]
+        ids, prompt_len = trl_tokens(tokenizer, *prompt_and_answer_texts(tokenizer, example["prompt"], example[name]))
+        out["prompt_tokens"] = prompt_len
+        out[f"{name}_tokens"] = len(ids) - prompt_len
     out["pair_tokens"] = out["prompt_tokens"] + max(out["chosen_tokens"], out["rejected_tokens"])
     return out
 
 
-def _ids(encoded) -> list[int]:
-    """apply_chat_template(tokenize=True) returns a list in some versions and a BatchEncoding in others."""
-    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-
-
 def mark_prompt_and_answer(example: dict, tokenizer, answer: str = "chosen") -> str:
-    """Render one example token by token: prompt tokens in [brackets], answer tokens in <<angle brackets>>."""
-    prompt_len = len(_ids(tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True,
-                                                          tokenize=True)))
-    ids = _ids(tokenizer.apply_chat_template(example["prompt"] + example[answer], tokenize=True))
+    """Render one example token by token, as TRL tokenizes it: prompt tokens in [brackets], answer tokens in
+    <<angle brackets>> (the EOS TRL appends included)."""
+    ids, prompt_len = trl_tokens(tokenizer, *prompt_and_answer_texts(tokenizer, example["prompt"], example[answer]))
     pieces = [tokenizer.decode([i]) for i in ids]
     return "".join(f"[{p}]" if k < prompt_len else f"<<{p}>>" for k, p in enumerate(pieces))
 

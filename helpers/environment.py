@@ -49,16 +49,31 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+ASSUME_CC_ENV = "ORPO_ASSUME_COMPUTE_CAPABILITY"  # e.g. "7.5": rehearse the T4 decisions on a newer GPU
+
+
 def probe_hardware() -> Hardware:
-    """Look at the real machine. Only notebook 01 and the runner call this; everything else reads the manifest."""
+    """Look at the real machine. Only notebook 01 and the runner call this; everything else reads the manifest.
+
+    `ORPO_ASSUME_COMPUTE_CAPABILITY=7.5` (an environment variable, for the GPU end-to-end check) makes a newer GPU
+    report an older compute capability, so the T4 path (fp16, sdpa) can be rehearsed on an H100; the device name
+    says so. It can only lower the capability, never claim features the GPU lacks.
+    """
+    import os
+
     import torch
 
     flash = importlib.util.find_spec("flash_attn") is not None
     if not torch.cuda.is_available():
         return Hardware(platform.processor() or platform.machine(), None, None, flash)
     props = torch.cuda.get_device_properties(0)
-    return Hardware(props.name, tuple(torch.cuda.get_device_capability(0)), round(props.total_memory / 2**30, 1),
-                    flash)
+    cc, name = tuple(torch.cuda.get_device_capability(0)), props.name
+    assumed = os.environ.get(ASSUME_CC_ENV)
+    if assumed:
+        wanted = tuple(int(x) for x in assumed.split("."))
+        if wanted < cc:
+            cc, name = wanted, f"{name} (behaving as compute capability {assumed}: {ASSUME_CC_ENV})"
+    return Hardware(name, cc, round(props.total_memory / 2**30, 1), flash)
 
 
 def decide_precision(hw: Hardware) -> Precision:

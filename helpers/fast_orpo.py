@@ -38,7 +38,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, SequentialSampler
 from trl.experimental.orpo import ORPOTrainer
 
 from .kernels import ATTENTION_BACKENDS, attention_backends, fused_lora
@@ -128,6 +128,15 @@ class FastORPOTrainer(ORPOTrainer):
             map(len, dataset["chosen_input_ids"]), map(len, dataset["rejected_input_ids"]), strict=True)]
         batch = self.args.per_device_train_batch_size  # group micro-batches: each one is padded on its own
         return LengthGroupedPairSampler(lengths, batch, self.mega_batch_mult, seed=self.args.seed)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # With train_sampling_strategy="group_by_length", transformers groups *evaluation* batches too, with a
+        # LengthGroupedSampler that reads `input_ids` from each row; preference rows hold chosen_/rejected_input_ids,
+        # so the first evaluation crashed ("Can only automatically infer lengths ...", PITFALLS 30). Evaluation
+        # needs one fixed order, not grouping: the same sequential order transformers uses without grouping.
+        if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     # -- selective checkpointing ------------------------------------------------------------------------------
     def _apply_checkpoint_layers(self, model) -> None:

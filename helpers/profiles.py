@@ -33,9 +33,12 @@ class RunConfig:
     model_id: str = OFFLINE_MODEL_ID            # Hub id, local folder, or the offline default
     dataset_id: str = OFFLINE_DATASET_ID        # Hub id, local file/folder, or the offline default
     train_split: str = "train_prefs"
-    eval_split: str = "test_prefs"
+    eval_split: str = "test_prefs"              # the test source: a split name, or a second file; "" (or a split
+                                                # the data lacks, e.g. a single file) = carve it from train_split
+    test_share: float = 0.1                     # share of prompts carved out as the test set when there is no test source
     n_train: int = 1000                         # pairs kept for training after length filtering
-    n_eval: int = 150                           # held-out pairs for eval during training and notebook 05
+    n_validation: int = 100                     # pairs carved from train (by prompt) for the in-training eval in 04
+    n_eval: int = 150                           # held-out test pairs: notebook 05's before/after
     max_length: int = 128                       # prompt + longer answer, in tokens; longer pairs are dropped
     trust_remote_code: bool = False             # never run a model repo's own code unless you ask
     # ---- LoRA (notebook 04) --------------------------------------------------------------------------
@@ -74,7 +77,7 @@ _GPU_COMMON = dict(
     model_id=MISTRAL_7B, dataset_id=ULTRAFEEDBACK, max_length=1024, learning_rate=5e-5,
     lr_scheduler_type="cosine", warmup_ratio=0.1, max_steps=-1, eval_steps=100, logging_steps=10,
     save_steps=100, eval_batch_size=8, max_new_tokens=128, n_generation_examples=4, gradient_checkpointing=True,
-    fast_orpo_trainer=True,
+    fast_orpo_trainer=True, n_validation=200,
 )
 # Batch sizes and checkpointing as measured on an H100 (benchmarks/results/h100.json). With the fast trainer,
 # 16-pair micro-batches beat 8 (more work per kernel launch: at 8 the step was CPU-bound); checkpointing 28 of 32
@@ -91,6 +94,32 @@ PROFILES: dict[str, dict] = {
 }
 GPU_PROFILES = ("t4", "a100", "h100")
 
+# Every profile field is one of two kinds. TRAINER_PATH fields choose *which code runs* in notebook 04 (trainer
+# class, sampler, checkpointing, batch layout, schedule); HARDWARE_SIZED fields only size the run to the machine.
+# tests/test_gpu_paths_on_cpu.py runs every GPU profile's TRAINER_PATH settings end to end on a CPU
+# (`cpu_rehearsal`), and tests/test_profiles.py fails if a profile sets a field that is in neither tuple: a new
+# GPU-only setting cannot escape CI.
+TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layers", "use_liger_kernel",
+                "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio",
+                "eval_batch_size")
+HARDWARE_SIZED = ("model_id", "dataset_id", "n_train", "n_validation", "n_eval", "max_length", "learning_rate",
+                  "max_steps", "eval_steps", "logging_steps", "save_steps", "max_new_tokens", "n_generation_examples")
+
+
+def cpu_rehearsal(profile: str, *, max_steps: int = 12, every: int = 4, decoder_layers: int = 2) -> dict:
+    """Overrides that run `profile`'s training code path on the tiny offline default on a CPU (tests, CI).
+
+    Trainer-path settings come from the profile unchanged, except `checkpoint_layers`, which is capped below the
+    tiny model's `decoder_layers` so that *selective* checkpointing (some layers, not all) really runs. Only CUDA
+    kernels are left out (Liger, flash attention, paged 8-bit AdamW): notebook 04 falls back to their CPU forms.
+    Evaluation, checkpoint saves and logging happen every `every` steps, so a short run evaluates several times.
+    """
+    settings = {name: value for name, value in PROFILES[profile].items() if name in TRAINER_PATH}
+    if settings.get("checkpoint_layers", -1) >= decoder_layers:
+        settings["checkpoint_layers"] = decoder_layers - 1
+    return {**settings, "max_steps": max_steps, "eval_steps": every, "save_steps": every, "logging_steps": every,
+            "n_train": 200, "n_validation": 32, "n_eval": 60}
+
 
 def choose_profile(compute_capability: tuple[int, int] | None) -> tuple[str, str]:
     """`profile="auto"`: pick a profile from the hardware and say why (notebook 01, runner)."""
@@ -104,15 +133,43 @@ def choose_profile(compute_capability: tuple[int, int] | None) -> tuple[str, str
     return "t4", f"compute capability {major}.{minor} (pre-Ampere, e.g. T4): no real bf16, so fp16 and small batches"
 
 
-_POSITIVE = ("n_train", "n_eval", "lora_r", "lora_alpha", "learning_rate", "beta", "per_device_train_batch_size",
+_POSITIVE = ("n_train", "n_validation", "n_eval", "lora_r", "lora_alpha", "learning_rate", "beta", "per_device_train_batch_size",
              "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_steps", "eval_batch_size",
              "max_new_tokens")
 _MIN_MAX_LENGTH = 16  # below this no prompt + answer fits, not even the offline default's
 
 
+_TRUE, _FALSE = ("true",), ("false",)  # any case; "yes"/"1" stay errors: too easy to mistype
+
+
+def _from_text(value: str, expected: type):
+    """A value typed as text (`-p learning_rate 1e-3`, YAML's `1e-3`, `True` or `true`) read as `expected`.
+
+    papermill's own `-p` turns `1e-3` into a float, but YAML 1.1 (PyYAML, our `-f` files) reads `1e-3` and
+    `2e-4` as *strings*: they need a dot (`1.0e-3`). Both spellings must mean the same run, so text is converted
+    here with float()/int() the way papermill does. Anything that does not convert is returned unchanged and
+    rejected below with the parameter's name.
+    """
+    text = value.strip()
+    try:
+        if expected is float:
+            return float(text)
+        if expected is int:
+            return int(text)
+    except ValueError:
+        return value
+    if expected is bool and text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    return value
+
+
 def _check_type(name: str, value, expected: type):
+    if isinstance(value, str) and expected is not str:
+        value = _from_text(value, expected)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # `-p n_train 2e3` or a YAML `1000.0`: a whole number is a whole number
     if expected is bool and not isinstance(value, bool) or expected is not bool and isinstance(value, bool):
         raise ParameterError(f"Parameter `{name}` must be {expected.__name__}, got {value!r}. Fix: pass e.g. "
                              f"`-p {name} {RunConfig.__dataclass_fields__[name].default!r}`.")
@@ -167,6 +224,9 @@ def _check_ranges(cfg: RunConfig) -> None:
                              f"Fix: use at least {_MIN_MAX_LENGTH} (tiny uses 128, GPU profiles 1024).")
     if not 0.0 <= cfg.lora_dropout < 1.0:
         raise ParameterError(f"Parameter `lora_dropout` must be in [0, 1), got {cfg.lora_dropout}. Fix: e.g. 0.05.")
+    if not 0.0 < cfg.test_share < 1.0:
+        raise ParameterError(f"Parameter `test_share` must be in (0, 1), got {cfg.test_share}. Fix: e.g. 0.1 "
+                             "(10% of the prompts become the held-out test set when the data has no test split).")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ParameterError(f"Parameter `warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}. Fix: e.g. 0.1.")
     if cfg.checkpoint_layers < -1:
@@ -181,3 +241,15 @@ def _check_ranges(cfg: RunConfig) -> None:
     if not cfg.run_name or any(c in cfg.run_name for c in "/\\") or cfg.run_name.startswith("."):
         raise ParameterError(f"Parameter `run_name` = {cfg.run_name!r} must be a plain folder name. "
                              "Fix: e.g. `-p run_name my-first-run`.")
+
+
+def values_table(cfg: RunConfig, names: list[str] | tuple[str, ...], columns: int = 3) -> str:
+    """The resolved values a notebook uses, as a compact aligned table (every notebook prints one after opening
+    the run), so the numbers are visible without opening helpers/profiles.py; `*` marks a value that differs from
+    the profile's default (an override)."""
+    defaults = resolve_config(cfg.profile)
+    cells = [f"{name}{'*' if getattr(cfg, name) != getattr(defaults, name) else ''} = {getattr(cfg, name)!r}"
+             for name in names]
+    width = max(map(len, cells)) + 2
+    rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
+    return "\n".join("".join(cell.ljust(width) for cell in row).rstrip() for row in rows)

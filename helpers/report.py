@@ -19,12 +19,15 @@ def write_report(run: RunDir, cfg, results: dict) -> None:
         "",
         "## Data",
     ]
-    for split, info in data.items():
-        bad = info.get("dropped_bad_rows", 0)
-        reasons = f" {info['reasons']}" if info.get("reasons") else ""
-        lines.append(f"- {split}: kept {info['kept']} pairs; dropped {bad} unusable rows{reasons} and "
-                     f"{info['dropped_too_long']} of {info['measured']} measured as longer than max_length "
-                     f"({info['dropped_share']:.1%}).")
+    for split, n in data.get("splits", {}).items():
+        bad = (data.get("bad_rows", {}).get(split) or {})
+        long = data.get("too_long", {}).get(split)
+        dropped = [f"{bad['dropped_bad_rows']} unusable rows {bad.get('reasons') or ''}".rstrip()] if bad else []
+        if long:
+            dropped.append(f"{long['dropped']} of {long['measured']} measured as longer than max_length "
+                           f"({long['dropped_share']:.1%})")
+        lines.append(f"- {split}: {n} pairs; {data.get('how_formed', {}).get(split, '')}"
+                     + (f"; dropped {' and '.join(dropped)}" if dropped else "") + ".")
     if train:
         lines += ["", "## Training",
                   f"- {train.get('global_step')} steps in {train.get('train_seconds')} s "

@@ -17,6 +17,13 @@ from .profiles import ParameterError, RunConfig, resolve_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Each notebook after 01 is a stage; the file it writes LAST marks it done (so a kill mid-stage leaves it not done).
+STAGE_DONE = {"02": "data_report.json", "03": "model_report.json", "04": "train_summary.json", "05": "eval.json"}
+
+
+class RunRecordError(FileExistsError):
+    """Running this notebook would make the run's record untrue (outputs made with other parameters)."""
+
 
 def outputs_root() -> Path:
     """`$ORPO_OUTPUTS_DIR` if set (tests point it at a temp folder), else `<repo>/outputs`."""
@@ -43,6 +50,10 @@ class RunDir:
 
     def is_finished(self) -> bool:
         return self.eval_json.exists()
+
+    def done_stages(self) -> list[str]:
+        """Notebook numbers ("02".."05") whose outputs are complete."""
+        return [stage for stage, marker in STAGE_DONE.items() if (self.root / marker).exists()]
 
     def figure(self, name: str) -> Path:
         self.figures.mkdir(parents=True, exist_ok=True)
@@ -89,13 +100,16 @@ def archive_run(run: RunDir) -> Path:
 
 
 def open_run(run_name: str, profile: str | None = None, overrides: dict | None = None, *, start: bool = False,
-             overwrite: bool = False, has_gpu: bool | None = None,
-             compute_capability: tuple[int, int] | None = None) -> tuple[RunConfig, RunDir]:
+             overwrite: bool = False, has_gpu: bool | None = None, compute_capability: tuple[int, int] | None = None,
+             stage: str | None = None) -> tuple[RunConfig, RunDir]:
     """Open (or with start=True, create) a run and return its validated config and paths.
 
     start=True (notebook 01, the runner): resolve `profile` + overrides and write params.json. Re-opening an
     unfinished run is allowed only with the same parameters, so a resumed run never mixes two configs.
-    start=False (notebooks 02-05): read params.json; non-None overrides replace stored values and are recorded.
+    start=False (notebooks 02-05, `stage` = the notebook's number): read params.json; non-None overrides replace
+    stored values and are recorded - unless this stage or a later one is already done with the stored values, or the
+    run is finished: then nothing is touched and RunRecordError says what to do. However a notebook is executed
+    (runner, papermill, Jupyter), a run's params.json always describes the outputs that are in it.
     """
     root = outputs_root()
     run = RunDir(root / run_name)
@@ -130,6 +144,27 @@ def open_run(run_name: str, profile: str | None = None, overrides: dict | None =
         if key in merged and merged[key] != value:
             print(f"override: {key} = {value!r} (was {merged[key]!r})")
     cfg = resolve_config(stored["profile"], {**merged, **overrides, "run_name": run_name})
+    changed = {k: (stored.get(k), v) for k, v in cfg.to_dict().items() if stored.get(k) != v}
+    fix = (f"Fix: start a new run (a new run_name, from notebook 01), or rerun the series with the runner's "
+           f"--overwrite, which archives outputs/{run_name}/ first.")
+    if stage is not None:
+        done = [s for s in run.done_stages() if s >= stage]
+        if run.is_finished() and (changed or stage == "04"):
+            raise RunRecordError(f"Run {run_name!r} is finished (eval.json exists); notebook {stage} would "
+                                 f"{'change ' + _describe(changed) if changed else 'retrain its adapter'}. Its "
+                                 f"outputs are kept as they are. {fix}")
+        if changed and done:
+            raise RunRecordError(f"Run {run_name!r}: notebook(s) {', '.join(done)} already produced outputs with "
+                                 f"the stored parameters, and this notebook was given {_describe(changed)}. Nothing "
+                                 f"was changed. {fix}")
+        if stage == "04" and "04" in done:
+            raise RunRecordError(f"Run {run_name!r}: training is complete (train_summary.json exists); running "
+                                 f"notebook 04 again would overwrite its adapter and summary. Go on with notebook "
+                                 f"05, or: {fix}")
     if cfg.to_dict() != stored:
         write_json(run.params, cfg.to_dict())
     return cfg, run
+
+
+def _describe(changed: dict) -> str:
+    return ", ".join(f"{k}={new!r} (stored: {old!r})" for k, (old, new) in changed.items())

@@ -21,7 +21,7 @@ import yaml
 
 
 from .profiles import PROFILES, ParameterError
-from .rundir import REPO_ROOT, RunDir, open_run, outputs_root
+from .rundir import REPO_ROOT, STAGE_DONE, RunDir, open_run, outputs_root
 
 NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")
 
@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", default="tiny", help=f"one of {sorted(PROFILES)} or auto (default: tiny)")
     parser.add_argument("--run-name", default=None, help="folder under outputs/ (default: <profile>-demo)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override one parameter; VALUE is parsed as YAML (1e-3, true, 'text')")
+                        help="override one parameter; VALUE is read as papermill's -p reads it (1e-3, 2e-4, True, "
+                             "100); true/false also work for switches")
     parser.add_argument("-f", "--parameters-file", type=Path, help="YAML file of parameter overrides")
     parser.add_argument("--only", help="comma-separated notebook numbers to run, e.g. 04,05 (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="archive a finished run of the same name, rerun")
@@ -40,8 +41,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def papermill_value(raw: str):
+    """`-p NAME VALUE` exactly as `papermill -p` reads it: True/False/None, then int, then float, else text.
+
+    (PyYAML would read `1e-3` as the *string* '1e-3'; papermill reads it as 0.001.) Text that names a number or a
+    switch in another spelling (`true`) is converted to the parameter's declared type by `resolve_config`.
+    """
+    if raw in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[raw]
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return raw
+
+
 def collect_overrides(args: argparse.Namespace) -> dict:
-    """YAML file first, then -p pairs (the command line wins)."""
+    """YAML file first, then -p pairs (the command line wins). Both are typed by `resolve_config`."""
     overrides = {}
     if args.parameters_file:
         try:
@@ -53,7 +70,7 @@ def collect_overrides(args: argparse.Namespace) -> dict:
             raise ParameterError(f"Parameters file {args.parameters_file} must hold a YAML mapping (name: value).")
         overrides.update(loaded)
     for name, raw in args.parameter:
-        overrides[name] = yaml.safe_load(raw)
+        overrides[name] = papermill_value(raw)
     return overrides
 
 
@@ -87,8 +104,12 @@ def run_series(args: argparse.Namespace) -> int:
     run.notebooks.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     print(f"Run directory: outputs/{run_name}/  (profile {first_params['profile']})")
+    done = run.done_stages()
     for name in selected:
         params = first_params if name.startswith("01") else {"run_name": run_name}
+        if name[:2] in done:  # a resumed run: this stage finished before the interruption
+            print(f"\n=== {name}: already done ({STAGE_DONE[name[:2]]} exists), skipped ===", flush=True)
+            continue
         started = time.time()
         print(f"\n=== {name} ===", flush=True)
         try:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .chat import prompt_and_answer_texts, template_facts, trl_tokens
 from .kernels import attention_backends, fused_lora
 
 # ----------------------------------------------------------------------------------------------- log-prob core
@@ -83,16 +84,16 @@ def compute_dtype_of(model) -> torch.dtype | None:
 
 
 def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[int], int]]:
-    """Token ids of each prompt + answer (chat template applied once) and its prompt's length.
+    """Token ids of each prompt + answer and its prompt's length, exactly as TRL's ORPOTrainer builds them
+    (helpers.chat.trl_tokens: template once, BOS/EOS rules), so held-out scores mean what training optimized.
 
     Renders the template to text, then tokenizes every text in one batched call (the fast tokenizer's Rust side),
-    ~2x quicker than apply_chat_template(tokenize=True) one answer at a time. The rendered text already holds BOS.
+    ~2x quicker than tokenizing one answer at a time.
     """
-    prompt_texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    full_texts = [tokenizer.apply_chat_template(p + a, tokenize=False) for p, a in zip(prompts, answers, strict=True)]
-    ids = tokenizer(prompt_texts + full_texts, add_special_tokens=False)["input_ids"]
-    n = len(prompt_texts)
-    return [(ids[n + i], len(ids[i])) for i in range(n)]
+    texts = [prompt_and_answer_texts(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
+    ids = tokenizer([p for p, _ in texts] + [p + a for p, a in texts], add_special_tokens=False)["input_ids"]
+    n = len(texts)
+    return [trl_tokens(tokenizer, *texts[i], full_ids=ids[n + i], prompt_ids=ids[i]) for i in range(n)]
 
 
 @torch.no_grad()
@@ -160,19 +161,23 @@ def preference_metrics(chosen_logps: list[float], rejected_logps: list[float], b
 
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy completions for conversational prompts, batched with LEFT padding (right padding would put
-    pad tokens between a prompt and its continuation)."""
+    """Greedy completions for conversational prompts (notebooks 03, 05), batched with LEFT padding (right padding
+    would put pad tokens between a prompt and its continuation). The prompt starts as in training (BOS added when
+    the template has none, as TRL does) and generation stops at EOS or the template's end-of-turn token."""
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
     model.eval()
+    bos = tokenizer.bos_token or ""
     texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    texts = [t if not bos or t.startswith(bos) else bos + t for t in texts]
+    stops = list(template_facts(tokenizer).stop_token_ids) or None
     outputs = []
     try:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)  # the template already holds BOS
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                              add_special_tokens=False).to(device)  # the text already holds BOS
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
                                        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
             new_tokens = generated[:, batch["input_ids"].shape[1]:]
             outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -112,3 +112,80 @@ def test_mostly_bad_rows_or_missing_columns_are_one_clear_error():
         normalize_pairs(Dataset.from_list(bad_roles), source="mine.jsonl")
     with pytest.raises(DataError, match=r"missing column\(s\) \['rejected'\]"):
         normalize_pairs(Dataset.from_list([{"prompt": "q", "chosen": "a"}]), source="mine.jsonl")
+
+
+# ---- held-out sets by prompt (issue: a learner's single file had no held-out set) ------------------------------
+
+
+def _pairs_file(tmp_path, n_prompts=200, copies=1):
+    import json
+
+    path = tmp_path / "my_pairs.jsonl"
+    rows = [{"prompt": f"Question number {i}?", "chosen": f"Answer {i}.", "rejected": "No idea."}
+            for i in range(n_prompts) for _ in range(copies)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_single_file_has_no_test_source_and_is_carved_by_prompt(tmp_path):
+    from helpers.data import carve_by_prompt, load_preference_sources, normalize_pairs, split_key
+
+    path = _pairs_file(tmp_path, copies=2)  # each prompt twice: both copies must land on the same side
+    train, test, how = load_preference_sources(str(path), "train_prefs", "test_prefs")
+    assert test is None and "carved" in how and "one split" in how
+    pairs, _ = normalize_pairs(train, "my_pairs.jsonl")
+    rest, held = carve_by_prompt(pairs, share=0.1, seed=0)
+    rest_keys, held_keys = {split_key(p) for p in rest["prompt"]}, {split_key(p) for p in held["prompt"]}
+    assert len(held_keys) == 20 and not rest_keys & held_keys and len(rest) + len(held) == 400
+    again = carve_by_prompt(pairs, share=0.1, seed=0)[1]
+    assert again["prompt"] == held["prompt"]  # deterministic from the seed
+    assert carve_by_prompt(pairs, share=0.1, seed=1)[1]["prompt"] != held["prompt"]
+
+
+def test_eval_split_can_name_a_second_file(tmp_path):
+    from helpers.data import load_preference_sources
+
+    train_path = _pairs_file(tmp_path)
+    test_path = tmp_path / "held_out.jsonl"
+    test_path.write_text('{"prompt": "New?", "chosen": "Yes.", "rejected": "No."}\n')
+    train, test, how = load_preference_sources(str(train_path), "train", str(test_path))
+    assert len(train) == 200 and len(test) == 1 and "held_out.jsonl" in how
+    with pytest.raises(DataError, match="does not exist"):
+        load_preference_sources(str(train_path), "train", str(tmp_path / "missing.jsonl"))
+
+
+def test_a_saved_dataset_without_the_test_split_is_carved_and_one_with_it_is_used(tmp_path):
+    from datasets import DatasetDict
+
+    from helpers.data import load_preference_sources
+
+    rows = Dataset.from_list([{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(10)])
+    DatasetDict(train_prefs=rows).save_to_disk(str(tmp_path / "one"))
+    DatasetDict(train_prefs=rows, test_prefs=rows.select(range(3))).save_to_disk(str(tmp_path / "two"))
+    assert load_preference_sources(str(tmp_path / "one"), "train_prefs", "test_prefs")[1] is None
+    assert len(load_preference_sources(str(tmp_path / "two"), "train_prefs", "test_prefs")[1]) == 3
+    with pytest.raises(DataError, match="no split 'train'.*train_prefs"):
+        load_preference_sources(str(tmp_path / "two"), "train", "test_prefs")
+
+
+def test_offline_default_prompts_are_the_same_task_instance_whatever_the_wording():
+    from helpers.data import drop_shared_prompts, split_key
+
+    def p(text):
+        return [{"role": "user", "content": text}]
+
+    assert split_key(p("Sort ascending: 3 1 2")) == split_key(p("Arrange from smallest to largest: 3 1 2"))
+    assert split_key(p("Sort ascending: 3 1 2")) != split_key(p("Sort ascending: 3 2 1"))
+    assert split_key(p("Hello   there")) == split_key(p("Hello there"))
+    train = Dataset.from_list([{"prompt": p("Which is larger, 7 or 3?")}, {"prompt": p("Which is larger, 2 or 9?")}])
+    test = Dataset.from_list([{"prompt": p("Pick the larger number: 7 or 3.")}])
+    kept, dropped = drop_shared_prompts(train, test)
+    assert dropped == 1 and kept["prompt"] == [p("Which is larger, 2 or 9?")]
+
+
+def test_carving_needs_two_distinct_prompts():
+    from helpers.data import carve_by_prompt
+
+    same = Dataset.from_list([{"prompt": [{"role": "user", "content": "x"}]}] * 5)
+    with pytest.raises(DataError, match="1 distinct prompt"):
+        carve_by_prompt(same, share=0.5, seed=0)

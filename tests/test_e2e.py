@@ -1,4 +1,5 @@
-"""End to end: the runner executes 01 -> 05 on the offline default, and ORPO must measurably work.
+"""End to end: the README's quickstart `bash tasks.sh run` executes 01 -> 05 on the offline default, and ORPO must
+measurably work.
 
 Thresholds are the offline default's promise (issue 3): held-out greedy task success >= 95% and >= 40 points
 above the base model, held-out reward accuracy >= 0.95.
@@ -6,19 +7,22 @@ above the base model, held-out reward accuracy >= 0.95.
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from helpers import runner
-from helpers.rundir import outputs_root
+from readme_commands import run_readme_command
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def finished_run():
-    assert runner.main(["--run-name", "e2e"]) == 0
-    return outputs_root() / "e2e"
+def finished_run(tmp_path_factory):
+    outputs = tmp_path_factory.mktemp("quickstart")
+    result = run_readme_command("bash tasks.sh run", outputs)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    return outputs / "tiny-demo"
 
 
 def test_run_directory_holds_every_stage_output(finished_run):
@@ -55,9 +59,10 @@ def test_training_log_is_complete_and_finite(finished_run):
     assert train[-1]["loss"] < train[0]["loss"]
 
 
-def test_finished_run_is_not_overwritten(finished_run, capsys):
+def test_finished_run_is_not_overwritten(finished_run, capsys, monkeypatch):
+    monkeypatch.setenv("ORPO_OUTPUTS_DIR", str(finished_run.parent))
     before = (finished_run / "eval.json").read_text()
-    assert runner.main(["--run-name", "e2e"]) == 2
+    assert runner.main(["--run-name", "tiny-demo"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (finished_run / "eval.json").read_text() == before
 
@@ -68,3 +73,21 @@ def test_no_secret_leaks_into_the_run_directory(finished_run):
     for path in finished_run.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".jsonl", ".md", ".ipynb", ".txt"):
             assert token not in path.read_text(errors="ignore"), path
+
+
+def test_a_notebook_run_directly_on_a_finished_run_changes_nothing(finished_run, tmp_path):
+    """The old README line (papermill 04 with another beta on a finished run) retrained 0 steps and rewrote the
+    record; now it stops with one message and leaves every file as it was."""
+    import subprocess
+    import sys
+
+    watched = ["params.json", "metrics.jsonl", "train_summary.json", "adapter/adapter_model.safetensors"]
+    before = {name: (finished_run / name).read_bytes() for name in watched}
+    result = subprocess.run([sys.executable, "-m", "papermill", "notebooks/04_orpo_training.ipynb",
+                             str(tmp_path / "out.ipynb"), "-k", "python3", "-p", "run_name", "tiny-demo",
+                             "-p", "beta", "0.2"], cwd=Path(__file__).resolve().parent.parent,
+                            capture_output=True, text=True, env={**os.environ,
+                                                                  "ORPO_OUTPUTS_DIR": str(finished_run.parent)})
+    assert result.returncode != 0
+    assert "RunRecordError" in result.stderr and "is finished" in result.stderr
+    assert {name: (finished_run / name).read_bytes() for name in watched} == before

@@ -65,3 +65,40 @@ def test_auto_profile_follows_compute_capability(cc, expected):
 def test_every_profile_is_valid():
     for name in PROFILES:
         resolve_config(name)
+
+
+# ---- values typed as text read like papermill's -p (the README's `-p learning_rate 1e-3` was refused) ----------
+
+
+@pytest.mark.parametrize("name, text, value", [
+    ("learning_rate", "1e-3", 1e-3), ("learning_rate", "2e-4", 2e-4), ("learning_rate", "5e-5", 5e-5),
+    ("fast_orpo_trainer", "true", True), ("fast_orpo_trainer", "True", True), ("merge_adapter", "false", False),
+    ("max_steps", "100", 100), ("n_train", 2e3, 2000), ("beta", "0.2", 0.2),
+])
+def test_text_values_are_read_as_the_declared_type(name, text, value):
+    assert getattr(resolve_config("tiny", {name: text}), name) == value
+
+
+def test_every_profile_field_is_either_trainer_path_or_hardware_sized():
+    """A field set only by a GPU profile must be rehearsed on the CPU (TRAINER_PATH) or only size the run."""
+    from helpers.profiles import HARDWARE_SIZED, TRAINER_PATH
+
+    assert not set(TRAINER_PATH) & set(HARDWARE_SIZED)
+    for name, settings in PROFILES.items():
+        unclassified = set(settings) - set(TRAINER_PATH) - set(HARDWARE_SIZED)
+        assert not unclassified, f"profile {name} sets {unclassified}: add them to TRAINER_PATH or HARDWARE_SIZED"
+
+
+def test_cpu_rehearsal_carries_each_gpu_profiles_trainer_path():
+    from helpers.profiles import GPU_PROFILES, TRAINER_PATH, cpu_rehearsal
+
+    for name in GPU_PROFILES:
+        overrides = cpu_rehearsal(name)
+        cfg = resolve_config("tiny", overrides)
+        for field in TRAINER_PATH:
+            expected = PROFILES[name].get(field, getattr(RunConfig, field))
+            if field == "checkpoint_layers" and expected >= 2:
+                expected = 1  # capped below the tiny model's 2 layers, so checkpointing stays selective
+            assert getattr(cfg, field) == expected, (name, field)
+        assert cfg.fast_orpo_trainer and cfg.gradient_checkpointing
+        assert cfg.model_id == RunConfig.model_id  # the offline default: runs on a CPU

@@ -85,3 +85,48 @@ def test_rundir_require_names_the_notebook(tmp_path):
     run = RunDir(tmp_path / "r")
     with pytest.raises(FileNotFoundError, match="run notebook 04 first"):
         run.require(run.adapter, "notebook 04")
+
+
+# ---- a run's record stays true however a notebook is executed -----------------------------------------------
+
+
+def _finish(run, *stages):
+    from helpers.rundir import STAGE_DONE
+
+    for stage in stages:
+        write_json(run.root / STAGE_DONE[stage], {})
+
+
+def test_changed_parameters_after_a_stage_is_done_are_refused_and_nothing_changes(outputs):
+    from helpers.rundir import RunRecordError
+
+    _, run = open_run("rec", "tiny", {"max_steps": 20}, start=True)
+    _finish(run, "02", "03", "04")
+    before = run.params.read_text()
+    with pytest.raises(RunRecordError, match=r"already produced outputs.*beta=0.2 \(stored: 0.1\).*new run_name"):
+        open_run("rec", overrides={"beta": 0.2}, stage="04")
+    with pytest.raises(RunRecordError, match="max_length"):
+        open_run("rec", overrides={"max_length": 64}, stage="02")
+    assert run.params.read_text() == before
+
+
+def test_completed_training_is_never_retrained_by_rerunning_notebook_04(outputs):
+    from helpers.rundir import RunRecordError
+
+    _, run = open_run("rec4", "tiny", start=True)
+    _finish(run, "02", "03", "04")
+    with pytest.raises(RunRecordError, match="training is complete"):
+        open_run("rec4", stage="04")
+    open_run("rec4", stage="05")  # evaluation may run (again) on the same parameters
+    _finish(run, "05")
+    with pytest.raises(RunRecordError, match="is finished"):
+        open_run("rec4", stage="04")
+    with pytest.raises(RunRecordError, match="is finished.*max_new_tokens"):
+        open_run("rec4", overrides={"max_new_tokens": 4}, stage="05")
+
+
+def test_overrides_before_their_stage_ran_are_recorded(outputs):
+    _, run = open_run("fresh", "tiny", start=True)
+    _finish(run, "02", "03")
+    cfg, _ = open_run("fresh", overrides={"beta": 0.2}, stage="04")
+    assert cfg.beta == 0.2 and json.loads(run.params.read_text())["beta"] == 0.2

@@ -48,3 +48,26 @@ def test_finished_run_is_refused_without_overwrite(outputs, capsys):
     assert runner.main(["--run-name", "done"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (outputs / "done" / "eval.json").exists()
+
+
+@pytest.mark.parametrize("argv, name, value", [
+    (["-p", "learning_rate", "1e-3"], "learning_rate", 1e-3),  # the README's own example
+    (["-p", "learning_rate", "2e-4"], "learning_rate", 2e-4),
+    (["-p", "fast_orpo_trainer", "true"], "fast_orpo_trainer", True),
+    (["-p", "fast_orpo_trainer", "True"], "fast_orpo_trainer", True),
+    (["-p", "max_steps", "100"], "max_steps", 100),
+])
+def test_parameters_read_like_papermills_p(outputs, argv, name, value):
+    from helpers.profiles import resolve_config
+
+    args = runner.parse_args(argv)
+    assert resolve_config("tiny", runner.collect_overrides(args)).__getattribute__(name) == value
+
+
+def test_yaml_file_accepts_exponents_without_a_dot(tmp_path, outputs):
+    from helpers.profiles import resolve_config
+
+    params = tmp_path / "p.yaml"
+    params.write_text("learning_rate: 1e-3\nbeta: 2e-1\nfast_orpo_trainer: true\n")
+    cfg = resolve_config("tiny", runner.collect_overrides(runner.parse_args(["-f", str(params)])))
+    assert (cfg.learning_rate, cfg.beta, cfg.fast_orpo_trainer) == (1e-3, 0.2, True)

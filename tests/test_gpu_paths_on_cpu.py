@@ -1,0 +1,68 @@
+"""Every GPU profile's training code path, end to end on a CPU: the path a learner on Colab or an H100 takes.
+
+`helpers.profiles.cpu_rehearsal(profile)` takes the profile's TRAINER_PATH settings unchanged (FastORPOTrainer,
+group_by_length batches, gradient checkpointing of selected layers, the profile's micro-batch x accumulation, its
+schedule and eval batch) and runs them on the offline default through the runner: several in-training
+evaluations, checkpoint saves, and for one profile a kill mid-training and a resume. Only CUDA kernels are left
+out. Before this test, every GPU profile crashed at its first in-training evaluation (the eval sampler).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import runner
+from helpers.profiles import GPU_PROFILES, cpu_rehearsal
+from helpers.rundir import outputs_root
+
+pytestmark = pytest.mark.slow
+
+
+def runner_args(profile: str) -> list[str]:
+    args = ["--run-name", f"rehearse-{profile}"]
+    for name, value in cpu_rehearsal(profile).items():
+        args += ["-p", name, str(value)]
+    return args
+
+
+def check_run(run, every: int = 4, steps: int = 12):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = sorted({r["step"] for r in records if "eval_loss" in r})
+    assert evals == list(range(every, steps + 1, every)), "an in-training evaluation is missing"
+    assert max(r["step"] for r in records if "loss" in r) == steps
+    assert all(v == v for r in records for v in r.values() if isinstance(v, float)), "NaN in the log"
+    notebook = (run / "notebooks" / "04_orpo_training.ipynb").read_text()
+    assert "trainer FastORPOTrainer" in notebook and "group_by_length" in notebook
+    result = json.loads((run / "eval.json").read_text())
+    assert result["n_pairs"] == 60 and 0.0 <= result["tuned"]["reward_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("profile", [p for p in GPU_PROFILES if p != "h100"])
+def test_gpu_profile_settings_run_end_to_end(profile):
+    assert runner.main(runner_args(profile)) == 0
+    check_run(outputs_root() / f"rehearse-{profile}")
+
+
+def test_h100_settings_survive_a_kill_mid_training_and_resume():
+    run = outputs_root() / "rehearse-h100"
+    command = [sys.executable, "-m", "helpers.runner", *runner_args("h100")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=os.environ.copy())
+    first = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 900
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.exists(), proc.stdout.read()[-3000:] if proc.poll() is not None else "no checkpoint appeared"
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # a preempted GPU: no clean shutdown
+    proc.wait()
+    assert not (run / "eval.json").exists()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
+    assert "Resuming from checkpoint-" in rerun.stdout and "02_data_preparation: already done" in rerun.stdout
+    check_run(run)
