@@ -149,11 +149,13 @@ def preference_metrics(chosen_logps: list[float], rejected_logps: list[float], b
     """Reward accuracy and margins in ORPO's units (reward = beta x mean log-prob)."""
     chosen, rejected = torch.tensor(chosen_logps), torch.tensor(rejected_logps)
     margins = beta * (chosen - rejected)
-    # log odds = log(p / (1 - p)) with p = exp(mean log-prob); ORPO's loss pushes this up for chosen.
-    log_odds = (chosen - rejected) - (torch.log1p(-chosen.exp()) - torch.log1p(-rejected.exp()))
+    # log OR = log odds(chosen) - log odds(rejected), odds = p / (1 - p) with p = exp(mean log-prob). Named as TRL
+    # logs them: `log_odds_chosen` = mean log OR, `log_odds_ratio` = mean log sigmoid(log OR) (ORPO's term, <= 0).
+    log_or = (chosen - rejected) - (torch.log1p(-chosen.exp()) - torch.log1p(-rejected.exp()))
     return {"reward_accuracy": (chosen > rejected).float().mean().item(),
             "mean_margin": margins.mean().item(),
-            "mean_log_odds_ratio": log_odds.mean().item(),
+            "log_odds_chosen": log_or.mean().item(),
+            "log_odds_ratio": torch.nn.functional.logsigmoid(log_or).mean().item(),
             "mean_chosen_logp": chosen.mean().item(),
             "mean_rejected_logp": rejected.mean().item(),
             "n_pairs": len(chosen_logps)}

@@ -50,5 +50,6 @@ def test_notebook_02_template_is_the_one_the_offline_default_is_pretrained_on():
 
 def test_readme_colab_badges_point_at_existing_notebooks():
     readme = (ROOT / "README.md").read_text()
-    badges = re.findall(r"colab\.research\.google\.com/github/[^/]+/[^/]+/blob/[^/]+/(notebooks/[^)\s]+\.ipynb)", readme)
+    badges = re.findall(r"(?:colab\.research\.google\.com/github/[^/]+/[^/]+/blob/[^/]+/|<!-- colab-badge: )"
+                        r"(notebooks/[^)\s]+\.ipynb)", readme)
     assert sorted(set(badges)) == sorted(f"notebooks/{p.name}" for p in PATHS)

@@ -21,7 +21,8 @@ import smollm2  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SETTINGS = {"n_train": 160, "n_validation": 16, "n_eval": 60, "max_steps": 20, "eval_steps": 10, "save_steps": 10,
-            "logging_steps": 5, "learning_rate": 1e-3, "max_new_tokens": 8, "n_generation_examples": 2}
+            "logging_steps": 5, "learning_rate": 1e-3, "max_new_tokens": 8, "n_generation_examples": 2,
+            "merge_adapter": True}
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +52,11 @@ def test_training_moved_held_out_reward_accuracy(smol_run):
     assert tuned >= base + 0.2, (base, tuned)
     records = [json.loads(line) for line in (smol_run / "metrics.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in records if "eval_loss" in r}) == [10, 20]
+
+
+def test_merged_model_reproduces_the_tuned_models_preferences(smol_run):
+    """NF4 -> 16-bit merge is not exact (the adapter was trained on NF4-rounded weights): notebook 05 measures how
+    close; on this model the merged model must prefer the same answer as the tuned one on >= 90% of pairs."""
+    check = json.loads((smol_run / "eval.json").read_text())["merge_check"]
+    assert check["same_preference_share"] >= 0.9, check
+    assert (smol_run / "merged" / "config.json").exists()

@@ -55,7 +55,9 @@ def test_preference_metrics_math():
     assert m["mean_margin"] == pytest.approx(0.1 * ((1.0 - 1.0 + 2.5) / 3))
     chosen_odds = math.log(math.exp(-1.0) / (1 - math.exp(-1.0)))
     rejected_odds = math.log(math.exp(-2.0) / (1 - math.exp(-2.0)))
-    assert preference_metrics([-1.0], [-2.0], 0.1)["mean_log_odds_ratio"] == pytest.approx(chosen_odds - rejected_odds)
+    metrics = preference_metrics([-1.0], [-2.0], 0.1)
+    assert metrics["log_odds_chosen"] == pytest.approx(chosen_odds - rejected_odds)  # TRL's name for mean log OR
+    assert metrics["log_odds_ratio"] == pytest.approx(math.log(1 / (1 + math.exp(-(chosen_odds - rejected_odds)))))
 
 
 def test_left_padded_batch_generation_equals_one_by_one(tiny):
