@@ -91,3 +91,27 @@ def test_a_notebook_run_directly_on_a_finished_run_changes_nothing(finished_run,
     assert result.returncode != 0
     assert "RunRecordError" in result.stderr and "is finished" in result.stderr
     assert {name: (finished_run / name).read_bytes() for name in watched} == before
+
+
+def test_train_validation_and_test_share_no_task_instance(finished_run):
+    from datasets import load_from_disk
+
+    from helpers.data import split_key
+
+    data = load_from_disk(str(finished_run / "data"))
+    keys = {name: {split_key(p) for p in data[name]["prompt"]} for name in ("train", "validation", "test")}
+    assert keys["train"] and keys["validation"] and keys["test"]
+    assert not keys["train"] & keys["validation"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+    report = json.loads((finished_run / "data_report.json").read_text())
+    assert set(report["how_formed"]) == {"train", "validation", "test"}
+
+
+def test_notebook_04_checks_its_from_scratch_loss_against_trl_on_the_run(finished_run):
+    import re
+
+    text = (finished_run / "notebooks" / "04_orpo_training.ipynb").read_text()
+    trl, ours, diff = re.search(r"TRL's loss ([\d.]+)\s+from scratch ([\d.]+)\s+\(relative difference ([\d.e+-]+)\)",
+                                text).groups()
+    assert float(diff) < 1e-5 and abs(float(trl) - float(ours)) < 1e-5
