@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 
-from .profiles import PROFILES, ParameterError
+from .profiles import PROFILES, ParameterError, choose_profile
 from .rundir import REPO_ROOT, STAGE_DONE, RunDir, open_run, outputs_root
 
 NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")
@@ -83,7 +83,8 @@ def validate(args: argparse.Namespace, overrides: dict) -> tuple[str, dict]:
 
     has_gpu = torch.cuda.is_available()
     cc = tuple(torch.cuda.get_device_capability(0)) if has_gpu else None
-    run_name = args.run_name or f"{args.profile}-demo"
+    named_after = choose_profile(cc)[0] if args.profile == "auto" else args.profile
+    run_name = args.run_name or f"{named_after}-demo"  # `--profile auto` on a CPU runs tiny-demo
     for reserved in ("run_name", "profile"):
         if reserved in overrides:
             raise ParameterError(f"Pass `{reserved}` with --{reserved.replace('_', '-')}, not as -p/-f.")
