@@ -9,12 +9,12 @@ out. Before this test, every GPU profile crashed at its first in-training evalua
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from processes import kill_like_a_preemption
 
 from helpers import runner
 from helpers.profiles import GPU_PROFILES, cpu_rehearsal
@@ -59,8 +59,7 @@ def test_h100_settings_survive_a_kill_mid_training_and_resume():
         time.sleep(0.2)
     assert first.exists(), proc.stdout.read()[-3000:] if proc.poll() is not None else "no checkpoint appeared"
     time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # a preempted GPU: no clean shutdown
-    proc.wait()
+    kill_like_a_preemption(proc)  # the runner and its kernel, like a preempted GPU
     assert not (run / "eval.json").exists()
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ.copy())
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]

@@ -2,12 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from processes import kill_like_a_preemption
 
 from helpers.rundir import outputs_root
 
@@ -30,8 +30,7 @@ def test_kill_mid_training_then_rerun_resumes_and_completes():
         time.sleep(0.2)
     assert first_checkpoint.exists(), "no checkpoint appeared"
     time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # like a preempted GPU: no clean shutdown
-    proc.wait()
+    kill_like_a_preemption(proc)  # the runner and its kernel, like a preempted GPU
     assert not (run / "eval.json").exists()
     # A checkpoint the kill left half-written: must be skipped, not crash the resume.
     broken = run / "checkpoints" / "checkpoint-50"
