@@ -13,15 +13,7 @@ task?") instead of trusting a reward model. Each family has several wordings, a 
 | `smaller` | Which is smaller, 7 or 3?             | 3      | echoes the input: `7 or 3`  |
 | `first`   | What is the first number in: 5 2 9?   | 5      | fixed evasive reply         |
 
-A task *instance* is the family plus its operands, whatever the wording (`instance_key`): "Which is
-larger, 7 or 3?" and "Pick the larger number: 3 or 7." are one instance (for `larger` and `smaller` the
-two numbers are an unordered pair: the answer cannot depend on their order). The offline default keeps
-its held-out test instances out of training and pretraining by this key, not by prompt text.
-
-Digits are separated by spaces so that a small byte-level BPE keeps them apart (measured: trained on
-this text, the BPE splits an unseen "47" into " 4" + "7", but text with two-digit numbers would teach it
-one token per number, and comparing 90 unrelated tokens is memorisation, not arithmetic; hence single
-digits, and few enough test instances in the two 45-pair families to leave most pairs for training). (A `reverse the
+Digits are separated by spaces so that a small byte-level BPE keeps them apart. (A `reverse the
 letters` family was tried and dropped: a 2-layer model pretrained for ~2 minutes could neither
 reverse nor echo letter sequences, so no preference tuning could make it succeed; single-digit
 `add` stayed at 47-90% after ORPO (the tiny model never learns the addition table well); and a
@@ -53,7 +45,6 @@ class Family:
     solve: Callable[[dict], str]  # the correct answer (chosen)
     reject: Callable[[dict], str]  # the consistent wrong behaviour (rejected)
     score_rejected: float  # UltraFeedback-style score of the rejected reply (chosen gets 9.0)
-    unordered: bool = False  # the operands are a set: "a or b" is the same instance as "b or a"
 
 
 def _ints(text: str) -> list[int]:
@@ -92,7 +83,6 @@ FAMILIES: tuple[Family, ...] = (
         lambda a: str(max(int(a["a"]), int(a["b"]))),
         lambda a: f"Both {a['a']} and {a['b']} are numbers, and which one is larger depends on the context.",
         2.0,
-        unordered=True,
     ),
     Family(
         "smaller",
@@ -101,7 +91,6 @@ FAMILIES: tuple[Family, ...] = (
         lambda a: str(min(int(a["a"]), int(a["b"]))),
         lambda a: f"{a['a']} or {a['b']}",  # echoes the input instead of choosing
         4.0,
-        unordered=True,
     ),
     Family(
         "first",
@@ -152,35 +141,8 @@ def check_answer(prompt: str, answer: str) -> bool | None:
     return answer.strip() == fam.solve(args)
 
 
-def _instance_key(fam: Family, args: dict) -> str:
-    operands = [int(v) for slot in ("digits", "a", "b") if slot in args for v in args[slot].split()]
-    return f"{fam.name}:{_join(sorted(operands) if fam.unordered else operands)}"
-
-
-def instance_key(prompt: str) -> str | None:
-    """The task instance a prompt asks for, canonical whatever the wording; None for a prompt of no family.
-
-    `family:operands`, the operands as integers joined by single spaces, in the prompt's order, except for an
-    unordered family (`larger`, `smaller`), whose pair is sorted:
-        "Sort ascending: 5 2 9"                      -> "sort:5 2 9"   ("Sort ascending: 2 5 9" is another)
-        "Which is larger, 7 or 3?"                    -> "larger:3 7"
-        "Pick the larger number: 3 or 7."             -> "larger:3 7"   (the same instance)
-        "Which is smaller, 7 or 3?"                   -> "smaller:3 7"  (another family: another instance)
-    Two prompts with the same key have the same right answer. The offline default draws its test instances
-    first and keeps them out of training and pretraining by this key; `helpers.data.split_key` uses it to keep
-    train / validation / test apart."""
-    parsed = parse(prompt) if isinstance(prompt, str) else None
-    return _instance_key(*parsed) if parsed else None
-
-
-def make_example(fam: Family, rng: random.Random, args: dict | None = None) -> dict:
-    """One example of a family: prompt, chosen, rejected, the family, the scores and the instance key.
-
-    `args` (placeholder -> value) fixes the instance; else one is sampled. An unordered family's pair is put in
-    a random order, so one instance comes in every wording and both orders."""
-    args = dict(fam.sample(rng) if args is None else args)
-    if fam.unordered and rng.random() < 0.5:
-        args["a"], args["b"] = args["b"], args["a"]
+def make_example(fam: Family, rng: random.Random) -> dict:
+    """One task instance of a family: prompt, chosen, rejected, the family and the scores."""
+    args = fam.sample(rng)
     return {"prompt": rng.choice(fam.wordings).format(**args), "chosen": fam.solve(args),
-            "rejected": fam.reject(args), "task": fam.name, "score_rejected": fam.score_rejected,
-            "instance": _instance_key(fam, args)}
+            "rejected": fam.reject(args), "task": fam.name, "score_rejected": fam.score_rejected}
