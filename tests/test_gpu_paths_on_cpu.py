@@ -23,9 +23,9 @@ from helpers.rundir import outputs_root
 pytestmark = pytest.mark.slow
 
 
-def runner_args(profile: str) -> list[str]:
+def runner_args(profile: str, max_steps: int = 12) -> list[str]:
     args = ["--run-name", f"rehearse-{profile}"]
-    for name, value in cpu_rehearsal(profile).items():
+    for name, value in cpu_rehearsal(profile, max_steps=max_steps).items():
         args += ["-p", name, str(value)]
     return args
 
@@ -50,7 +50,8 @@ def test_gpu_profile_settings_run_end_to_end(profile):
 
 def test_h100_settings_survive_a_kill_mid_training_and_resume():
     run = outputs_root() / "rehearse-h100"
-    command = [sys.executable, "-m", "helpers.runner", *runner_args("h100")]
+    # 40 steps: on a fast machine 12 tiny steps end before the kill lands, and the rerun has nothing to resume
+    command = [sys.executable, "-m", "helpers.runner", *runner_args("h100", max_steps=40)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=os.environ.copy())
     first = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
@@ -64,4 +65,4 @@ def test_h100_settings_survive_a_kill_mid_training_and_resume():
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ.copy())
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
     assert "Resuming from checkpoint-" in rerun.stdout and "02_data_preparation: already done" in rerun.stdout
-    check_run(run)
+    check_run(run, steps=40)
