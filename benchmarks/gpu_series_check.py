@@ -660,7 +660,8 @@ def check_parameters(profiles: list[str], params: dict, args) -> None:
     for profile in profiles:
         if profile not in PROFILES:
             raise SystemExit(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-        resolve_config(profile, runner_parameters({"model_dir": "model", "data_dir": "data"}, params))
+        resolve_config(profile, runner_parameters({"model_dir": "model", "data_dir": "data"},
+                                                  {**params, **profile_parameters(args, profile)}))
     regular_train = args.train_rows - overlong_rows(args.train_rows, args.overlong_share)
     regular_test = args.test_rows - overlong_rows(args.test_rows, args.overlong_share)
     need = params["n_train"] + params.get("n_validation", 0)
@@ -672,6 +673,19 @@ def check_parameters(profiles: list[str], params: dict, args) -> None:
         raise SystemExit(f"--kill-at-step {args.kill_at_step}: must be a multiple of save_steps "
                          f"({params['save_steps']}) below max_steps ({params['max_steps']}), or that checkpoint never "
                          "appears before the run ends")
+
+
+def profile_parameters(args, profile: str) -> dict:
+    """The --param PROFILE:NAME=VALUE values for `profile` (validated with the rest by check_parameters)."""
+    out = {}
+    for item in getattr(args, "param", None) or []:
+        target, _, assignment = item.partition(":")
+        name, _, value = assignment.partition("=")
+        if not (target and name and value):
+            raise SystemExit(f"--param {item!r}: expected PROFILE:NAME=VALUE, e.g. h100:num_processes=2")
+        if target == profile:
+            out[name] = value
+    return out
 
 
 def runner_command(profile: str, run_name: str, params: dict) -> list[str]:
@@ -749,7 +763,8 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time (the work folder is scratch)
     (args.work / "logs").mkdir(parents=True, exist_ok=True)
     series = args.series_parameters
-    params = runner_parameters(build_info, series)
+    extra = profile_parameters(args, profile)  # --param PROFILE:NAME=VALUE, e.g. h100:num_processes=2
+    params = runner_parameters(build_info, {**series, **extra})
     cmd = runner_command(profile, run_name, params)
     extra_env = {"ORPO_OUTPUTS_DIR": str(outputs_dir), **RUNNER_ENV, **PROFILE_ENV.get(profile, {})}
     env = {**os.environ, **extra_env}
@@ -791,6 +806,12 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
         checks["in_training_evals_at_expected_steps"] = every <= seen <= every | {series["max_steps"]}
         checks["reached_max_steps"] = summary.get("global_step") == series["max_steps"]
         checks["train_loss_finite"] = math.isfinite(summary.get("train_loss", math.nan))
+        processes = int(extra.get("num_processes", 1))
+        if processes > 1:  # DDP: N processes trained, and ended with identical LoRA weights
+            notebook04 = run_dir / "notebooks" / "04_orpo_training.ipynb"
+            checks["trained_on_all_processes"] = summary.get("processes") == processes
+            checks["replicas_identical"] = notebook04.exists() and \
+                f"identical in all {processes} processes" in notebook04.read_text()
         checks["eval_metrics_finite"] = all(math.isfinite(record["eval"][m]["reward_accuracy"])
                                             for m in ("base", "tuned"))
     if kill_step:
@@ -907,6 +928,8 @@ def parse_args(argv=None):
     parser.add_argument("--kill-at-step", type=int, default=SERIES_PARAMETERS["save_steps"],
                         help="SIGKILL the runner once checkpoint-N is complete, then rerun (0 = off; default "
                              "%(default)s, must be a multiple of save_steps)")
+    parser.add_argument("--param", action="append", default=[], metavar="PROFILE:NAME=VALUE",
+                        help="an extra runner parameter for one profile, e.g. h100:num_processes=2 (repeatable)")
     parser.add_argument("--kill-profiles", help="profiles to kill and resume (default: the first of --profiles)")
     parser.add_argument("--deadline-s", type=float, default=0,
                         help="stop starting and running work this many seconds after $GPU_CHECK_STARTED (or this "
@@ -951,8 +974,8 @@ def main(argv=None) -> int:
             result["build_failed"] = f"build exited with {rc}"
     if result["build"] is not None:
         result["runner_commands"] = None if args.build_only else {
-            p: command_line(p, runner_command(p, f"gpu-{p}", runner_parameters(result["build"],
-                                                                                args.series_parameters)))
+            p: command_line(p, runner_command(p, f"gpu-{p}", runner_parameters(result["build"], {
+                **args.series_parameters, **profile_parameters(args, p)})))
             for p in profiles}
     write_result(result, args)
     if result["build"] is None:

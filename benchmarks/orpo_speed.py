@@ -220,7 +220,8 @@ def notebook_namespace(cfg, device: str, run_root: Path, model, tokenizer, data)
     run.root.mkdir(parents=True, exist_ok=True)
     train_dataset, eval_dataset = select_like_notebook(data)
     return {"cfg": cfg, "precision": dict(PRECISION[device]), "run": run, "model": model, "tokenizer": tokenizer,
-            "data": data, "train_dataset": train_dataset, "eval_dataset": eval_dataset, "torch": torch}
+            "data": data, "train_dataset": train_dataset, "eval_dataset": eval_dataset, "torch": torch,
+            "processes": 1, "train_here": True, "fsdp": False}  # one process: the benchmark measures one GPU
 
 
 def build_and_save_model(path: Path, config: dict, device: str, dtype: torch.dtype, tokenizer) -> float:

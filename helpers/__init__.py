@@ -9,6 +9,7 @@ modeling     (03, 04) memory report, checkpoints, progress and throughput callba
 scoring      (05)     batched log-prob scoring and greedy generation (its log-prob core is shared with fast_orpo)
 fast_orpo    (04 GPU) FastORPOTrainer: TRL's ORPO loss without the full logits, length-grouped batches
 kernels      (04, 05) attention backend choice and the fused LoRA update (GPU speed, same math)
+distributed  (04)     num_processes > 1: `accelerate launch` runs notebook 04's own cells in N processes (DDP/FSDP)
 plots, report (02, 04, 05)  figures and report.md
 runner       (CLI)    papermill 01 -> 05: `python -m helpers.runner`
 """

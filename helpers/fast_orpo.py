@@ -42,7 +42,7 @@ from torch.utils.data import Sampler, SequentialSampler
 from trl.experimental.orpo import ORPOTrainer
 
 from .kernels import ATTENTION_BACKENDS, attention_backends, fused_lora
-from .scoring import autocast_weight, decoder_and_head, run_decoder, token_logps
+from .scoring import autocast_weight, decoder_and_head, is_right_padded, run_decoder, token_logps
 
 # ----------------------------------------------------------------------------------------------- sampler
 
@@ -126,7 +126,10 @@ class FastORPOTrainer(ORPOTrainer):
             return super()._get_train_sampler(train_dataset)
         lengths = [max(a, b) for a, b in zip(
             map(len, dataset["chosen_input_ids"]), map(len, dataset["rejected_input_ids"]), strict=True)]
-        batch = self.args.per_device_train_batch_size  # group micro-batches: each one is padded on its own
+        # Group by the micro-batches of ALL processes at once: accelerate hands consecutive micro-batches to ranks
+        # 0..N-1, so with N processes one group of N x per-device pairs has similar lengths on every rank (no rank
+        # waits for a longer one) and a 1-process run with N x the micro-batch sees the same pairs per step.
+        batch = self.args.per_device_train_batch_size * self.args.world_size
         return LengthGroupedPairSampler(lengths, batch, self.mega_batch_mult, seed=self.args.seed)
 
     def _get_eval_sampler(self, eval_dataset):
@@ -153,7 +156,7 @@ class FastORPOTrainer(ORPOTrainer):
     def kernels(self):
         """The attention backends and fused LoRA this trainer's steps run with."""
         sdpa = attention_backends(self.sdpa_backends) if self.sdpa_backends else nullcontext()
-        with sdpa, fused_lora(self.model, self.fuse_lora):
+        with sdpa, fused_lora(self.model, self.fuse_lora and not self.is_fsdp_enabled):  # FSDP owns LoRA weights
             yield
 
     def training_step(self, *args, **kwargs):
@@ -182,7 +185,26 @@ class FastORPOTrainer(ORPOTrainer):
         finally:
             self._peft_has_been_casted_to_bf16 = was
 
-    # -- the loss path ------------------------------------------------------------------------------------------
+    # -- the loss path ---------------------------------------------------------------------------------------------
+    def _decoder_states(self, model, decoder, ids, mask) -> torch.Tensor:
+        """Last hidden states [B, L, H]: from the decoder directly, or, under DDP, through the DDP wrapper.
+
+        DDP synchronizes gradients only for a forward that goes through its wrapper (it arms its gradient hooks
+        there): calling the inner decoder would train each process on its own shard, silently. So under DDP the
+        whole model runs with `logits_to_keep=1` (lm_head on one position only, nothing of size [B, L, V]) and a
+        forward hook catches the decoder's output.
+        """
+        if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return run_decoder(decoder, ids, mask, self.drop_padding_mask)
+        captured = {}
+        handle = decoder.register_forward_hook(lambda module, args, output: captured.update(h=output.last_hidden_state))
+        try:
+            keep_mask = not (self.drop_padding_mask and is_right_padded(mask))
+            model(input_ids=ids, attention_mask=mask if keep_mask else None, use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return captured["h"]
+
     def concatenated_forward(self, model, batch: dict[str, Any]):
         """Same outputs as TRL's: (chosen_logps, rejected_logps, chosen_logits, rejected_logits, chosen_nll_loss).
 
@@ -193,14 +215,16 @@ class FastORPOTrainer(ORPOTrainer):
         Like TRL's, that mean includes pad positions, whose values depend on the mask: with the mask dropped this
         one logged number differs from TRL's; nothing the loss reads does.
         """
-        if self.is_encoder_decoder or self.aux_loss_enabled:
+        if self.is_encoder_decoder or self.aux_loss_enabled or self.is_fsdp_enabled:
+            # FSDP: outside its own forward, FSDP keeps the lm_head weight sharded, so the chunked head below cannot
+            # read it: TRL's path (full logits, inside the wrapped forward) is the correct one there
             return super().concatenated_forward(model, batch)
         cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value,
                                       device=self.accelerator.device)
         ids, mask, labels = cb["concatenated_input_ids"], cb["concatenated_attention_mask"], cb["concatenated_labels"]
         n_chosen = batch["chosen_labels"].shape[0]
         decoder, head = decoder_and_head(model)
-        hidden = run_decoder(decoder, ids, mask, self.drop_padding_mask)[:, :-1]  # position t predicts token t+1
+        hidden = self._decoder_states(model, decoder, ids, mask)[:, :-1]  # position t predicts token t+1
         weight = autocast_weight(head.weight)
 
         next_ids, next_labels = ids[:, 1:], labels[:, 1:]

@@ -65,23 +65,37 @@ class PlainProgress(TrainerCallback):
 
 
 class Throughput(TrainerCallback):
-    """Training tokens/s (real tokens of prompt+chosen and prompt+rejected) and peak GPU memory."""
+    """Training tokens/s (real tokens of prompt+chosen and prompt+rejected) and peak GPU memory.
 
-    def __init__(self, tokens_per_pair: float, pairs_per_step: int):
-        self.tokens_per_step = tokens_per_pair * pairs_per_step
+    `tokens_per_second_approx` counts the whole training call (start-up, evaluations and saves included);
+    `steady_tokens_per_second` only the steps after the first `warmup` (kernels picked, memory pools grown), which is
+    what benchmarks compare. With N processes, construct it with the global batch (pairs per optimizer step).
+    """
+
+    def __init__(self, tokens_per_pair: float, pairs_per_step: int, warmup: int = 5):
+        self.tokens_per_step, self.warmup = tokens_per_pair * pairs_per_step, warmup
         self.summary: dict = {}
+        self.step_ends: list[float] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start, self.start_step = time.perf_counter(), state.global_step
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_ends.append(time.perf_counter())
+
     def on_train_end(self, args, state, control, **kwargs):
         seconds = time.perf_counter() - self.start
         steps = state.global_step - self.start_step
+        skip = min(self.warmup, len(self.step_ends) // 3)
+        timed = self.step_ends[skip:]
+        steady = (self.tokens_per_step * (len(timed) - 1) / (timed[-1] - timed[0])) if len(timed) > 1 else None
         self.summary = {"steps": steps, "train_seconds": round(seconds, 1),
                         "seconds_per_step": round(seconds / max(steps, 1), 3),
                         "tokens_per_second_approx": round(self.tokens_per_step * steps / max(seconds, 1e-9), 1),
+                        "steady_tokens_per_second": round(steady, 1) if steady else None,
+                        "steady_steps_timed": max(len(timed) - 1, 0),
                         "peak_gpu_memory_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2)
                         if torch.cuda.is_available() else None}
 

@@ -59,6 +59,10 @@ class RunConfig:
     fast_orpo_trainer: bool = False             # helpers.fast_orpo.FastORPOTrainer: same loss, chunked logits
     checkpoint_layers: int = -1                 # with the fast trainer: checkpoint only the first k layers; -1 = all
     use_liger_kernel: bool = False              # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (GPU, if installed)
+    num_processes: int = 1                      # > 1: DDP over that many processes (accelerate launch); "auto" =
+                                                # every visible GPU. 1 trains in the notebook's own kernel
+    distributed: str = "ddp"                    # with num_processes > 1: "ddp" (a 4-bit copy per GPU) or "fsdp"
+                                                # (FSDP-QLoRA: the model is sharded; for models one GPU can't hold)
     eval_steps: int = 100
     logging_steps: int = 20
     save_steps: int = 100
@@ -102,8 +106,8 @@ GPU_PROFILES = ("t4", "a100", "h100")
 TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layers", "use_liger_kernel",
                 "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio",
                 "eval_batch_size")
-HARDWARE_SIZED = ("model_id", "dataset_id", "n_train", "n_validation", "n_eval", "max_length", "learning_rate",
-                  "max_steps", "eval_steps", "logging_steps", "save_steps", "max_new_tokens", "n_generation_examples")
+HARDWARE_SIZED = ("num_processes", "distributed", "model_id", "dataset_id", "n_train", "n_validation", "n_eval",
+                  "max_length", "learning_rate", "max_steps", "eval_steps", "logging_steps", "save_steps", "max_new_tokens", "n_generation_examples")
 
 
 def cpu_rehearsal(profile: str, *, max_steps: int = 12, every: int = 4, decoder_layers: int = 2) -> dict:
@@ -207,7 +211,16 @@ def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_
     values = {**PROFILES[profile], **overrides, "profile": profile}
     types = {f.name: f.type for f in fields(RunConfig)}
     for name, value in values.items():
-        values[name] = _check_type(name, value, {"str": str, "int": int, "float": float, "bool": bool}[types[name]])
+        if name == "num_processes" and isinstance(value, str) and value.strip().lower() == "auto":
+            values[name] = "auto"  # the one parameter that takes a word or a number: resolved by notebook 04
+            continue
+        try:
+            values[name] = _check_type(name, value, {"str": str, "int": int, "float": float, "bool": bool}[types[name]])
+        except ParameterError:
+            if name != "num_processes":
+                raise
+            raise ParameterError(f"Parameter `num_processes` must be a whole number or 'auto', got {value!r}. Fix: "
+                                 "`-p num_processes auto` (every visible GPU) or e.g. `-p num_processes 2`.") from None
     cfg = RunConfig(**values)
     _check_ranges(cfg)
     return cfg
@@ -229,6 +242,12 @@ def _check_ranges(cfg: RunConfig) -> None:
                              "(10% of the prompts become the held-out test set when the data has no test split).")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ParameterError(f"Parameter `warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}. Fix: e.g. 0.1.")
+    if cfg.num_processes != "auto" and cfg.num_processes < 1:
+        raise ParameterError(f"Parameter `num_processes` must be >= 1 or 'auto', got {cfg.num_processes!r}. Fix: "
+                             "`-p num_processes auto` (every visible GPU) or e.g. `-p num_processes 2`.")
+    if cfg.distributed not in ("ddp", "fsdp"):
+        raise ParameterError(f"Parameter `distributed` must be 'ddp' or 'fsdp', got {cfg.distributed!r}. Fix: "
+                             "`-p distributed ddp` (a full 4-bit copy per GPU, fastest) or `fsdp` (shards the model).")
     if cfg.checkpoint_layers < -1:
         raise ParameterError(f"Parameter `checkpoint_layers` must be -1 (all layers) or >= 0, got "
                              f"{cfg.checkpoint_layers}. Fix: e.g. `-p checkpoint_layers 20`.")

@@ -1,0 +1,252 @@
+"""Notebook 04 on several processes (DDP-QLoRA) with `accelerate launch`, from the notebook itself.
+
+One source of truth: the launched processes run **notebook 04's own code cells** (the same BitsAndBytesConfig,
+LoraConfig, ORPOConfig and trainer cells a one-process run executes), not a second copy of them in a script.
+
+* In the kernel (`launch_training`, notebook 04 section 6): nothing here touches CUDA. It writes nothing but starts
+  `accelerate launch --multi_gpu --num_processes N -m helpers.distributed <notebook> <parameters>` as a subprocess,
+  streams rank 0's output into the notebook and, if the launch fails, raises one error with the failing output's
+  tail. (On a CPU the same torchrun-based launcher is used and the Trainer's `use_cpu=True` picks the gloo backend:
+  accelerate's own `--cpu --num_processes 2` starts ONE process unless MPI is installed, measured with accelerate
+  1.15.)
+* In every launched process (`python -m helpers.distributed`, `main`): the notebook's code cells are executed in
+  order, with the parameters cell replaced by the kernel's values, up to the cell tagged `last-training-cell` (the
+  save). `IN_LAUNCHED_PROCESS` is true there, so notebook 04's `train_here` is true and it trains; rank 0 alone
+  writes the run directory (adapter, metrics.jsonl, train_summary.json; the Trainer writes checkpoints from rank 0,
+  plus each rank's RNG state).
+* A process whose launcher (the kernel) disappears stops itself (`_exit_with_launcher`): a killed notebook never
+  leaves N processes training into the run directory.
+
+Used by notebook 04 (`num_processes`), tests/test_distributed.py and benchmarks/multi_gpu_scaling.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import nbformat
+
+from .profiles import ParameterError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_04 = REPO_ROOT / "notebooks" / "04_orpo_training.ipynb"
+LAST_TRAINING_CELL = "last-training-cell"  # the tag of the cell after which launched processes stop
+_LAUNCHER_ENV = "ORPO_LAUNCHER_PID"  # set for launched processes: the kernel that started them
+IN_LAUNCHED_PROCESS = _LAUNCHER_ENV in os.environ
+
+
+class DistributedLaunchError(RuntimeError):
+    """`accelerate launch` failed; the message holds the end of what the processes printed."""
+
+
+# ----------------------------------------------------------------------------------------------- the kernel side
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process may use, without initialising CUDA (safe before a launch)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_num_processes(num_processes, device: str) -> int:
+    """`num_processes` as a number: "auto" = every visible GPU (1 on a CPU); an int is checked against the GPUs.
+
+    On a CPU, N > 1 is allowed on purpose: N gloo processes rehearse the multi-GPU path (tests, CI).
+    """
+    if num_processes == "auto":
+        return max(visible_gpus(), 1) if device == "cuda" else 1
+    if device == "cuda" and num_processes > visible_gpus():
+        raise ParameterError(f"Parameter `num_processes` = {num_processes}, but {visible_gpus()} GPU(s) are visible. "
+                             f"Fix: `-p num_processes auto` (uses all of them) or a number up to {visible_gpus()}.")
+    return int(num_processes)
+
+
+FSDP_CONFIG = REPO_ROOT / "configs" / "accelerate" / "fsdp_qlora.yaml"
+
+
+def launch_command(num_processes: int, notebook: Path, parameters: Path, port: int | None = None,
+                   strategy: str = "ddp") -> list[str]:
+    """The `accelerate launch` command line that runs `notebook`'s training cells in `num_processes` processes:
+    DDP (`--multi_gpu`), or FSDP with configs/accelerate/fsdp_qlora.yaml."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    launcher = [accelerate, "launch"] if accelerate else [sys.executable, "-m", "accelerate.commands.launch"]
+    how = ["--config_file", str(FSDP_CONFIG)] if strategy == "fsdp" else ["--multi_gpu", "--mixed_precision", "no",
+                                                                         "--dynamo_backend", "no"]
+    return [*launcher, *how, "--num_processes", str(num_processes), "--num_machines", "1",
+            "--main_process_port", str(port or _free_port()), "-m", "helpers.distributed", str(notebook),
+            str(parameters)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_training(parameters: dict, num_processes: int, notebook: Path = NOTEBOOK_04, tail_lines: int = 60,
+                    echo=print, strategy: str = "ddp") -> None:
+    """Run `notebook`'s training cells in `num_processes` processes; stream their output; raise if they fail.
+
+    `parameters` are the notebook's parameter values (its parameters cell), so every process opens the same run.
+    """
+    with _parameters_file(parameters) as path:
+        cmd = launch_command(num_processes, notebook, path, strategy=strategy)
+        env = {**os.environ, _LAUNCHER_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        echo(f"$ accelerate launch{' --config_file ' + FSDP_CONFIG.name if strategy == 'fsdp' else ''} "
+             f"--num_processes {num_processes} ... -m helpers.distributed {notebook.name}")
+        tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        process = subprocess.Popen(cmd, cwd=notebook.parent, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        try:
+            for line in process.stdout:
+                tail.append(line.rstrip("\n"))
+                echo(line.rstrip("\n"))
+            returncode = process.wait()
+        except BaseException:  # an interrupted cell (KeyboardInterrupt) must not leave the processes training
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+    if returncode != 0:
+        raise DistributedLaunchError(f"accelerate launch with {num_processes} processes failed (exit code "
+                                     f"{returncode}). Last lines of its output:\n" + "\n".join(tail))
+
+
+class _parameters_file:
+    """A temporary JSON file with the parameter values (outside the run directory: rank 0 alone writes there)."""
+
+    def __init__(self, parameters: dict):
+        self.parameters = parameters
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="orpo-launch-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.parameters, f)
+        self.path = Path(name)
+        return self.path
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------- the process side
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def local_rank() -> int:
+    """This process's GPU (notebook 04 loads its 4-bit model there: device_map={"": local_rank()})."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def training_cells(notebook: Path, parameters: dict) -> list[tuple[int, str]]:
+    """(cell index, source) of the code cells a launched process runs: from the top to the cell tagged
+    `last-training-cell`; the parameters cell keeps its defaults, then gets the kernel's values (run_name: every
+    other value comes from the run's params.json, where the kernel's `open_run` recorded its overrides)."""
+    nb = nbformat.read(notebook, as_version=4)
+    cells, last_found = [], False
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.get("tags", [])
+        if "parameters" in tags:
+            source = cell.source + "\n" + "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+        elif "injected-parameters" in tags:
+            continue  # papermill's copy of the values, if the notebook given was an executed one
+        else:
+            source = cell.source
+        cells.append((index, source))
+        if LAST_TRAINING_CELL in tags:
+            last_found = True
+            break
+    if not last_found:
+        raise ValueError(f"{notebook.name} has no code cell tagged {LAST_TRAINING_CELL!r}: launched processes would "
+                         "not know where training ends.")
+    return cells
+
+
+def _exit_with_launcher(poll_s: float = 2.0) -> None:
+    """Stop this process when the kernel that launched it is gone (killed notebook, preempted machine)."""
+    launcher = int(os.environ.get(_LAUNCHER_ENV, "0"))
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(launcher, 0)
+            except ProcessLookupError:
+                os._exit(75)  # no cleanup: the run directory keeps its last complete checkpoint
+            except PermissionError:
+                pass
+
+    if launcher:
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def main(argv: list[str]) -> None:
+    notebook, parameters_path = Path(argv[0]), Path(argv[1])
+    parameters = json.loads(parameters_path.read_text())
+    _exit_with_launcher()
+    import torch
+
+    if torch.cuda.is_available():  # before any cell: a quantized load without device_map lands on this GPU
+        torch.cuda.set_device(local_rank())
+    if rank() != 0:  # rank 0 speaks for all; the others' errors (tracebacks) still reach stderr
+        sys.stdout = open(os.devnull, "w")
+        warnings.simplefilter("ignore")
+    namespace: dict = {"__name__": "__main__"}
+    for index, source in training_cells(notebook, parameters):
+        code = compile(source, f"{notebook.name}[cell {index}]", "exec")  # tracebacks name the notebook cell
+        exec(code, namespace)
+    if not namespace["trainer"].is_fsdp_enabled:  # FSDP shards the weights: there are no replicas to compare
+        check_replicas_agree(namespace["trainer"].model)
+
+
+def check_replicas_agree(model) -> float:
+    """After training, every process must hold the same LoRA weights: that is what DDP's gradient averaging
+    guarantees, and what breaks silently when a forward pass bypasses the DDP wrapper. Raises if they differ."""
+    import torch
+    import torch.distributed as dist
+
+    trained = [p.detach().float().flatten() for p in model.parameters() if p.requires_grad]
+    mine = torch.cat(trained).cpu() if trained else torch.zeros(0)
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    gathered = [torch.empty_like(mine, device=backend_device) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine.to(backend_device))
+    worst = max((g.cpu() - mine).abs().max().item() if mine.numel() else 0.0 for g in gathered)
+    if worst > 0:
+        raise RuntimeError(f"DDP replicas disagree after training: LoRA weights differ by up to {worst:.3g} between "
+                           "processes (gradients were not averaged). This is a bug: please report it.")
+    print(f"DDP check: the {mine.numel():,} trained LoRA values are identical in all {dist.get_world_size()} processes")
+    return worst
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
