@@ -164,6 +164,18 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
+def one_gpu_per_process(trainer) -> None:
+    """Notebook 04: a single process trains on ONE GPU, even on a machine with several.
+
+    Otherwise the Trainer sees n_gpu > 1, multiplies the batch by the number of GPUs and wraps the model in torch's
+    DataParallel, which cannot replicate a 4-bit model: measured on 2 H100s, one process then trained 2 x 16 pairs per
+    step on GPU 0 (55 GiB instead of 30) while the run said 16. Several GPUs are `num_processes`' job (DDP). The
+    Trainer does the same (`args._n_gpu = 1`) for a model spread over GPUs with a device_map.
+    """
+    if world_size() == 1 and trainer.args.n_gpu > 1:
+        trainer.args._n_gpu = 1
+
+
 def training_cells(notebook: Path, parameters: dict) -> list[tuple[int, str]]:
     """(cell index, source) of the code cells a launched process runs: from the top to the cell tagged
     `last-training-cell`; the parameters cell keeps its defaults, then gets the kernel's values (run_name: every

@@ -159,3 +159,16 @@ def test_fsdp_launch_uses_the_repos_fsdp_qlora_config(tmp_path):
     assert "--multi_gpu" in distributed.launch_command(2, distributed.NOTEBOOK_04, tmp_path / "p.json")
     with pytest.raises(ParameterError, match="distributed"):
         resolve_config("tiny", {"distributed": "deepspeed"})
+
+
+def test_one_process_on_a_multi_gpu_machine_keeps_its_batch(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, report_to="none")
+    assert args.device.type == "cpu"
+    args._n_gpu = 2  # what a single process sees on a 2-GPU machine
+    assert args.train_batch_size == 32  # the Trainer would put 2 x 16 pairs on one GPU (DataParallel can't split 4-bit)
+    distributed.one_gpu_per_process(SimpleNamespace(args=args))
+    assert args.train_batch_size == 16 and args.n_gpu == 1
