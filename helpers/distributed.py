@@ -164,16 +164,18 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
-def one_gpu_per_process(trainer) -> None:
-    """Notebook 04: a single process trains on ONE GPU, even on a machine with several.
+def one_gpu_per_process(training_args) -> None:
+    """Notebook 04, before the trainer is built: a single process trains on ONE GPU, even on a machine with several.
 
-    Otherwise the Trainer sees n_gpu > 1, multiplies the batch by the number of GPUs and wraps the model in torch's
-    DataParallel, which cannot replicate a 4-bit model: measured on 2 H100s, one process then trained 2 x 16 pairs per
-    step on GPU 0 (55 GiB instead of 30) while the run said 16. Several GPUs are `num_processes`' job (DDP). The
-    Trainer does the same (`args._n_gpu = 1`) for a model spread over GPUs with a device_map.
+    Otherwise the Trainer sees n_gpu > 1 and multiplies the micro-batch by the number of GPUs (and would wrap the model
+    in torch's DataParallel, which cannot replicate a 4-bit model). Measured on 2 H100s: one process trained 2 x 16
+    pairs per step on GPU 0 (55 GiB instead of 30) while the run said 16. Several GPUs are `num_processes`' job (DDP).
+    The Trainer does the same (`args._n_gpu = 1`) for a model spread over GPUs with a device_map; it must happen
+    before the Trainer reads `train_batch_size`, and after the devices are set up (which would overwrite it).
     """
-    if world_size() == 1 and trainer.args.n_gpu > 1:
-        trainer.args._n_gpu = 1
+    _ = training_args.device  # sets up devices (and n_gpu) now, so nothing resets what follows
+    if world_size() == 1 and training_args.n_gpu > 1:
+        training_args._n_gpu = 1
 
 
 def training_cells(notebook: Path, parameters: dict) -> list[tuple[int, str]]:

@@ -69,15 +69,18 @@ class Throughput(TrainerCallback):
 
     `tokens_per_second_approx` counts the whole training call (start-up, evaluations and saves included);
     `steady_tokens_per_second` only the steps after the first `warmup` (kernels picked, memory pools grown), which is
-    what benchmarks compare. With N processes, construct it with the global batch (pairs per optimizer step).
+    what benchmarks compare. Pairs per optimizer step are read from the trainer itself when training starts
+    (micro-batch x accumulation x processes), so the count is what ran, not what was meant to run.
     """
 
-    def __init__(self, tokens_per_pair: float, pairs_per_step: int, warmup: int = 5):
-        self.tokens_per_step, self.warmup = tokens_per_pair * pairs_per_step, warmup
+    def __init__(self, tokens_per_pair: float, warmup: int = 5):
+        self.tokens_per_pair, self.warmup = tokens_per_pair, warmup
         self.summary: dict = {}
         self.step_ends: list[float] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.pairs_per_step = state.train_batch_size * args.gradient_accumulation_steps * args.world_size
+        self.tokens_per_step = self.tokens_per_pair * self.pairs_per_step
         self.start, self.start_step = time.perf_counter(), state.global_step
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -91,7 +94,7 @@ class Throughput(TrainerCallback):
         skip = min(self.warmup, len(self.step_ends) // 3)
         timed = self.step_ends[skip:]
         steady = (self.tokens_per_step * (len(timed) - 1) / (timed[-1] - timed[0])) if len(timed) > 1 else None
-        self.summary = {"steps": steps, "train_seconds": round(seconds, 1),
+        self.summary = {"steps": steps, "train_seconds": round(seconds, 1), "pairs_per_step": self.pairs_per_step,
                         "seconds_per_step": round(seconds / max(steps, 1), 3),
                         "tokens_per_second_approx": round(self.tokens_per_step * steps / max(seconds, 1e-9), 1),
                         "steady_tokens_per_second": round(steady, 1) if steady else None,

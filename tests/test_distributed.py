@@ -162,13 +162,20 @@ def test_fsdp_launch_uses_the_repos_fsdp_qlora_config(tmp_path):
 
 
 def test_one_process_on_a_multi_gpu_machine_keeps_its_batch(tmp_path):
-    from types import SimpleNamespace
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM, Trainer, TrainingArguments
 
-    from transformers import TrainingArguments
+    def trainer_batch(fix: bool) -> int:
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True,
+                                 report_to="none")
+        assert args.device.type == "cpu"
+        args._n_gpu = 2  # what a single process sees on a 2-GPU machine
+        if fix:
+            distributed.one_gpu_per_process(args)
+        model = MistralForCausalLM(MistralConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+        return Trainer(model=model, args=args)._train_batch_size
 
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, report_to="none")
-    assert args.device.type == "cpu"
-    args._n_gpu = 2  # what a single process sees on a 2-GPU machine
-    assert args.train_batch_size == 32  # the Trainer would put 2 x 16 pairs on one GPU (DataParallel can't split 4-bit)
-    distributed.one_gpu_per_process(SimpleNamespace(args=args))
-    assert args.train_batch_size == 16 and args.n_gpu == 1
+    torch.manual_seed(0)
+    assert trainer_batch(fix=False) == 32  # 2 x 16 pairs per step on one GPU: what the first H100 x2 run did
+    assert trainer_batch(fix=True) == 16
