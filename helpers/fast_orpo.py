@@ -286,6 +286,7 @@ class FastORPOTrainer(ORPOTrainer):
         c_len, r_len = c_mask.sum(1).tolist(), r_mask.sum(1).tolist()
         groups = [[c_ids[i, :c_len[i]].tolist(), r_ids[i, :r_len[i]].tolist()] for i in range(n)]
         packed = pack_groups(groups, pad_id=self.padding_value, pack_multiple=self.pack_multiple)
+        self.last_packed_tokens = packed.input_ids.shape[1]  # tokens the decoder runs (benchmarks read it)
 
         hidden_idx, targets, rows, in_nll, in_logp = [], [], [], [], []
         for i in range(n):
