@@ -518,8 +518,8 @@ SAME_MATH_MODES = {
     "fast_exact": ("fast", False, False),      # our loss path with every numerics-changing shortcut off
     "fast": ("fast", True, True),              # our loss path as notebook 04 trains with it
     "trl_fast_kernels": ("trl", False, True),  # TRL's path on our kernels: what the kernel choice alone changes
-    "shared_exact": ("shared", False, False),  # prefix sharing (FlexAttention on a GPU), other shortcuts off
-    "shared": ("shared", True, True),          # prefix sharing as the shared run trains with it
+    "shared_exact": ("shared_dense", False, False),  # prefix sharing, dense boolean mask + PyTorch's SDPA choice
+    "shared": ("shared", True, True),                # prefix sharing as the shared run trains (FlexAttention on GPU)
 }
 
 
@@ -538,7 +538,7 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
     dtype = torch.bfloat16 if trainer.args.bf16 else (torch.float16 if trainer.args.fp16 else None)
     ctx = torch.autocast(trainer.accelerator.device.type, dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
     saved = trainer.drop_padding_mask, trainer.sdpa_backends, trainer.fuse_lora
-    saved_share = trainer.share_prompt
+    saved_share, saved_backend = trainer.share_prompt, trainer.share_prompt_backend
     out = {}
     was = model.training
     model.eval()
@@ -547,7 +547,8 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
             for name, (path, drop, fast_kernels) in SAME_MATH_MODES.items():
                 trainer.drop_padding_mask = drop
                 trainer.sdpa_backends, trainer.fuse_lora = (saved[1], saved[2]) if fast_kernels else (None, False)
-                trainer.share_prompt = path == "shared"
+                trainer.share_prompt = path.startswith("shared")
+                trainer.share_prompt_backend = "dense" if path == "shared_dense" else saved_backend
                 fwd = ORPOTrainer.concatenated_forward if path == "trl" else type(trainer).concatenated_forward
                 with trainer.kernels():
                     c, r, _, _, nll = fwd(trainer, model, batch)
@@ -557,7 +558,7 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
     finally:
         model.train(was)
         trainer.drop_padding_mask, trainer.sdpa_backends, trainer.fuse_lora = saved
-        trainer.share_prompt = saved_share
+        trainer.share_prompt, trainer.share_prompt_backend = saved_share, saved_backend
 
     def rel(a: str, b: str) -> float:
         return max(abs(out[a][k] - out[b][k]) / max(abs(out[b][k]), 1e-12) for k in out[b])
@@ -568,7 +569,13 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
                            "shared_exact_vs_trl": rel("shared_exact", "trl"), "shared_vs_trl": rel("shared", "trl"),
                            "shared_vs_trl_fast_kernels": rel("shared", "trl_fast_kernels")}
     out["ok_1e-3"] = out["max_rel_diff"]["fast_exact_vs_trl"] <= 1e-3
-    out["shared_ok_1e-3"] = out["max_rel_diff"]["shared_exact_vs_trl"] <= 1e-3
+    # Prefix sharing cannot match TRL bit for bit in bf16 even with every other shortcut off: the packed row gives
+    # the matmuls other shapes (cuBLAS picks other kernels) and attention runs another kernel. Its exactness is
+    # established in fp32 (tests/test_prefix_sharing.py); here it passes if it is within 1e-3 or within what the
+    # kernel choice alone moves TRL's own loss (trl_fast_kernels_vs_trl), whichever is larger.
+    tol = max(1e-3, out["max_rel_diff"]["trl_fast_kernels_vs_trl"])
+    out["shared_tolerance"] = tol
+    out["shared_ok"] = max(out["max_rel_diff"]["shared_exact_vs_trl"], out["max_rel_diff"]["shared_vs_trl"]) <= tol
     return out
 
 
@@ -771,9 +778,10 @@ def print_table(result: dict) -> None:
               f"shortcuts off vs TRL {d['fast_exact_vs_trl']:.1e} (ok <= 1e-3: {result['same_math']['ok_1e-3']}); "
               f"as trained vs TRL {d['fast_vs_trl']:.1e}; TRL on our kernels vs TRL {d['trl_fast_kernels_vs_trl']:.1e} "
               f"(the bf16 effect of the kernel choice alone)")
-        print(f"  prefix sharing vs TRL: {d['shared_exact_vs_trl']:.1e} with the other shortcuts off (ok <= 1e-3: "
-              f"{result['same_math']['shared_ok_1e-3']}); as trained {d['shared_vs_trl']:.1e}; vs TRL on our kernels "
-              f"{d['shared_vs_trl_fast_kernels']:.1e}")
+        print(f"  prefix sharing vs TRL: {d['shared_exact_vs_trl']:.1e} (dense mask, other shortcuts off), "
+              f"{d['shared_vs_trl']:.1e} as trained (FlexAttention); ok <= {result['same_math']['shared_tolerance']:.1e} "
+              f"(1e-3 or TRL's own kernel effect, the larger): {result['same_math']['shared_ok']}; "
+              f"vs TRL on our kernels {d['shared_vs_trl_fast_kernels']:.1e}")
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -48,7 +48,8 @@ from torch.utils.data import Sampler, SequentialSampler
 from trl.experimental.orpo import ORPOTrainer
 
 from .kernels import ATTENTION_BACKENDS, attention_backends, fused_lora
-from .prefix_sharing import pack_groups, prefix_sharing_attention, resolve_backend, run_packed_decoder
+from .prefix_sharing import (pack_groups, prefix_sharing_attention, resolve_backend, row_tokens_for,
+                             run_packed_decoder)
 from .scoring import autocast_weight, decoder_and_head, is_right_padded, run_decoder, token_logps
 
 # ----------------------------------------------------------------------------------------------- sampler
@@ -285,8 +286,10 @@ class FastORPOTrainer(ORPOTrainer):
         n = c_ids.shape[0]
         c_len, r_len = c_mask.sum(1).tolist(), r_mask.sum(1).tolist()
         groups = [[c_ids[i, :c_len[i]].tolist(), r_ids[i, :r_len[i]].tolist()] for i in range(n)]
-        packed = pack_groups(groups, pad_id=self.padding_value, pack_multiple=self.pack_multiple)
-        self.last_packed_tokens = packed.input_ids.shape[1]  # tokens the decoder runs (benchmarks read it)
+        backend = resolve_backend(self.share_prompt_backend, self.accelerator.device)
+        packed = pack_groups(groups, pad_id=self.padding_value, pack_multiple=self.pack_multiple,
+                             row_tokens=row_tokens_for(backend))
+        self.last_packed_tokens = packed.input_ids.numel()  # tokens the decoder runs (benchmarks read it)
 
         hidden_idx, targets, rows, in_nll, in_logp = [], [], [], [], []
         for i in range(n):
@@ -303,9 +306,8 @@ class FastORPOTrainer(ORPOTrainer):
         hidden_idx, targets, rows, in_nll, in_logp = map(cat, (hidden_idx, targets, rows, in_nll, in_logp))
 
         decoder, head = decoder_and_head(model)
-        backend = resolve_backend(self.share_prompt_backend, device)
         packed = packed.to(device)
-        hidden = run_packed_decoder(decoder, packed, backend)  # [T, H]
+        hidden = run_packed_decoder(decoder, packed, backend)  # [rows * width, H]
         tok = token_logps(hidden[hidden_idx], autocast_weight(head.weight), targets, self.logits_chunk)
 
         chosen_nll_loss = -(tok * in_nll).sum() / in_nll.sum()

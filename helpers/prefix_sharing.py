@@ -9,7 +9,8 @@ sequences that start with the same tokens) becomes ONE segment of a packed row:
       positions 0..P-1   P..L1-1            P..L2-1                 (position ids restart at P for every tail)
 
 and the segments of all groups are concatenated into one row, padded only at the end (to a multiple of
-`pack_multiple`). Attention is restricted so that every token sees exactly what it would see in its own unpadded
+`pack_multiple`). (The dense-mask path splits the groups over several rows of at most `row_tokens` tokens: its
+mask and attention cost grow with the square of a row's length.) Attention is restricted so that every token sees exactly what it would see in its own unpadded
 sequence:
 
     q may attend kv  <=>  same group  and  kv <= q (packed order)  and  (kv is in the prefix  or  kv in q's own tail)
@@ -61,11 +62,15 @@ def common_prefix_len(sequences: list[list[int]]) -> int:
     return n
 
 
+DENSE_ROW_TOKENS = 4096  # the dense (CPU) path's row budget; FlexAttention takes everything in one row
+
+
 @dataclass
 class PackedGroups:
-    """One packed row: `input_ids` / `position_ids` [1, T], per-token `group` and `segment` ids [T] (pads: group -1),
-    and `index[k]`: LongTensor [len(sequence k)] mapping each virtual position of sequence k to its packed position
-    (sequences numbered in input order, group by group)."""
+    """Packed rows: `input_ids` / `position_ids` [R, W], per-token `group` and `segment` ids [R, W] (pads: group -1),
+    and `index[k]`: LongTensor [len(sequence k)] mapping each virtual position of sequence k to its position in the
+    flattened rows (row * W + column; sequences numbered in input order, group by group). R = 1 unless `row_tokens`
+    split the groups."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
@@ -81,13 +86,21 @@ class PackedGroups:
                             [mv(i) for i in self.index], self.prefix_lens, self.n_real)
 
 
-def pack_groups(groups: list[list[list[int]]], pad_id: int = 0, pack_multiple: int = 1) -> PackedGroups:
+def pack_groups(groups: list[list[list[int]]], pad_id: int = 0, pack_multiple: int = 1,
+                row_tokens: int | None = None) -> PackedGroups:
     """Pack groups of token sequences (each group's sequences share a prefix, e.g. [chosen_ids, rejected_ids]) into
     one row: per group [common prefix, tail 1, tail 2, ...], groups back to back, then pads up to a multiple of
-    `pack_multiple`. Segment ids: 0 = shared prefix, k = tail of the group's k-th sequence."""
-    ids, pos, grp, seg, index, prefix_lens = [], [], [], [], [], []
+    `pack_multiple`. Segment ids: 0 = shared prefix, k = tail of the group's k-th sequence. With `row_tokens`, a new
+    row starts whenever the next group would take a row past that many tokens (rows are padded to the longest)."""
+    rows, row, index, prefix_lens = [], None, [], []
     for g, seqs in enumerate(groups):
         p = common_prefix_len(seqs)
+        size = p + sum(len(s) - p for s in seqs)
+        if row is None or (row_tokens is not None and row[0] and len(row[0]) + size > row_tokens):
+            row = ([], [], [], [])
+            rows.append(row)
+        ids, pos, grp, seg = row
+        base = (len(rows) - 1, len(ids))  # (row, column) of this group's first token; flattened below
         start = len(ids)
         ids += seqs[0][:p]
         pos += range(p)
@@ -101,28 +114,32 @@ def pack_groups(groups: list[list[list[int]]], pad_id: int = 0, pack_multiple: i
             grp += [g] * (len(s) - p)
             seg += [k] * (len(s) - p)
             virtual = torch.arange(len(s))
-            index.append(torch.where(virtual < p, start + virtual, tail_start + virtual - p))
-    n_real = len(ids)
-    total = max(1, -(-n_real // pack_multiple) * pack_multiple)
-    pad = total - n_real
-    ids += [pad_id] * pad
-    pos += range(pad)  # pads: their own causal run, seen by no real token
-    grp += [-1] * pad
-    seg += [0] * pad
-    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return PackedGroups(as_long(ids)[None], as_long(pos)[None], as_long(grp), as_long(seg), index, prefix_lens,
-                        n_real)
+            index.append((base[0], torch.where(virtual < p, start + virtual, tail_start + virtual - p)))
+    if not rows:
+        rows.append(([], [], [], []))
+    n_real = sum(len(r[0]) for r in rows)
+    width = max(1, -(-max(len(r[0]) for r in rows) // pack_multiple) * pack_multiple)
+    for ids, pos, grp, seg in rows:
+        pad = width - len(ids)
+        ids += [pad_id] * pad
+        pos += range(pad)  # pads: their own causal run, seen by no real token
+        grp += [-1] * pad
+        seg += [0] * pad
+    as_long = lambda k: torch.tensor([r[k] for r in rows], dtype=torch.long)  # noqa: E731
+    flat = [r * width + cols for r, cols in index]
+    return PackedGroups(as_long(0), as_long(1), as_long(2), as_long(3), flat, prefix_lens, n_real)
 
 
 # ----------------------------------------------------------------------------------------------- masks
 
 
 def dense_mask(packed: PackedGroups) -> torch.Tensor:
-    """[1, 1, T, T] boolean mask (True = may attend) of the rule in the module docstring."""
+    """[R, 1, W, W] boolean mask (True = may attend) of the rule in the module docstring."""
     g, s = packed.group, packed.segment
-    t = torch.arange(g.shape[0], device=g.device)
-    allowed = (g[:, None] == g[None, :]) & (t[None, :] <= t[:, None]) & ((s[None, :] == 0) | (s[None, :] == s[:, None]))
-    return allowed[None, None]
+    t = torch.arange(g.shape[1], device=g.device)
+    allowed = ((g[:, :, None] == g[:, None, :]) & (t[None, None, :] <= t[None, :, None])
+               & ((s[:, None, :] == 0) | (s[:, None, :] == s[:, :, None])))
+    return allowed[:, None]
 
 
 def block_mask(packed: PackedGroups, block_size: int = 128):
@@ -132,10 +149,10 @@ def block_mask(packed: PackedGroups, block_size: int = 128):
     g, s = packed.group, packed.segment
 
     def mask_mod(b, h, q, kv):
-        return (g[q] == g[kv]) & (kv <= q) & ((s[kv] == 0) | (s[kv] == s[q]))
+        return (g[b, q] == g[b, kv]) & (kv <= q) & ((s[b, kv] == 0) | (s[b, kv] == s[b, q]))
 
-    n = g.shape[0]
-    return create_block_mask(mask_mod, None, None, n, n, device=g.device, BLOCK_SIZE=block_size)
+    rows, n = g.shape
+    return create_block_mask(mask_mod, rows, None, n, n, device=g.device, BLOCK_SIZE=block_size)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -241,14 +258,21 @@ def prefix_sharing_attention(model: torch.nn.Module):
             c._attn_implementation = o
 
 
+def row_tokens_for(backend: str) -> int | None:
+    """How many tokens one packed row may hold under `backend` (None: no limit, everything in one row)."""
+    return DENSE_ROW_TOKENS if backend == "dense" else None
+
+
 def run_packed_decoder(decoder: torch.nn.Module, packed: PackedGroups, backend: str) -> torch.Tensor:
-    """Hidden states [T, H] of the packed row (call inside `prefix_sharing_attention(model)`)."""
+    """Hidden states [R * W, H] of the packed rows, flattened as `packed.index` counts (call inside
+    `prefix_sharing_attention(model)`)."""
     mask = packed_mask(packed, backend)
     if isinstance(mask, torch.Tensor):
         mask._prefix_sharing = True
     out = decoder(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False)
-    return out.last_hidden_state[0]
+    hidden = out.last_hidden_state
+    return hidden.reshape(-1, hidden.shape[-1])
 
 
-__all__ = ["BACKENDS", "PackedGroups", "attention_implementation", "block_mask", "common_prefix_len", "dense_mask",
+__all__ = ["BACKENDS", "DENSE_ROW_TOKENS", "row_tokens_for", "PackedGroups", "attention_implementation", "block_mask", "common_prefix_len", "dense_mask",
            "pack_groups", "packed_mask", "prefix_sharing_attention", "resolve_backend", "run_packed_decoder"]

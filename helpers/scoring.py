@@ -158,8 +158,8 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
 
 def _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chunk, backend) -> list[float]:
     """mean_answer_logps(share_prompt=True): groups of answers to one prompt, packed into padding-free rows."""
-    from .prefix_sharing import common_prefix_len, pack_groups, prefix_sharing_attention, resolve_backend, \
-        run_packed_decoder
+    from .prefix_sharing import (common_prefix_len, pack_groups, prefix_sharing_attention, resolve_backend,
+                                 row_tokens_for, run_packed_decoder)
 
     groups: dict[tuple, list[int]] = {}
     for i, (seq, prompt_len) in enumerate(encoded):
@@ -192,7 +192,7 @@ def _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chu
         for row in rows:
             order = [i for members in row for i in members]  # sequence k of the packed row = encoded[order[k]]
             packed = pack_groups([[encoded[i][0] for i in members] for members in row], pad_id=pad,
-                                 pack_multiple=128 if backend == "flex" else 1)
+                                 pack_multiple=128 if backend == "flex" else 1, row_tokens=row_tokens_for(backend))
             hidden_idx, targets, which = [], [], []
             for k, i in enumerate(order):
                 seq, prompt_len = encoded[i]

@@ -75,13 +75,27 @@ def test_pack_groups_layout():
     # group 0: prefix [1 5 6] + chosen tail [7 2] + rejected tail [9 9 2]; group 1: prefix [1 3 2], empty tails
     assert p.input_ids[0].tolist() == [1, 5, 6, 7, 2, 9, 9, 2, 1, 3, 2, 0, 0, 0, 0, 0]
     assert p.position_ids[0, :11].tolist() == [0, 1, 2, 3, 4, 3, 4, 5, 0, 1, 2]
-    assert p.group.tolist() == [0] * 8 + [1] * 3 + [-1] * 5
-    assert p.segment[:11].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 0, 0, 0]
+    assert p.group[0].tolist() == [0] * 8 + [1] * 3 + [-1] * 5
+    assert p.segment[0, :11].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 0, 0, 0]
     assert p.n_real == 11
     for k, seq in enumerate(s for g in groups for s in g):  # index maps each virtual position to its token
         assert p.input_ids[0, p.index[k]].tolist() == seq
         assert p.position_ids[0, p.index[k]].tolist() == list(range(len(seq)))
     assert common_prefix_len([[1, 2, 3], [1, 2]]) == 2 and common_prefix_len([[4], [5]]) == 0
+
+
+def test_pack_groups_into_rows():
+    """The dense path's row budget: a group never straddles two rows; index counts in flattened rows."""
+    groups = [[[1, 5, 6, 7, 2], [1, 5, 6, 9, 9, 2]], [[1, 3, 2], [1, 3, 4]], [[1, 8], [1, 9]]]
+    p = pack_groups(groups, pad_id=0, row_tokens=9)
+    assert p.input_ids.shape == (2, 8)  # group 0 (8 tokens) alone; groups 1 + 2 (4 + 3 tokens) share row 2
+    assert p.input_ids[1].tolist() == [1, 3, 2, 4, 1, 8, 9, 0]
+    assert p.group[1].tolist() == [1, 1, 1, 1, 2, 2, 2, -1] and p.n_real == 15
+    flat = p.input_ids.reshape(-1)
+    for k, seq in enumerate(s for g in groups for s in g):
+        assert flat[p.index[k]].tolist() == seq
+    m = dense_mask(p)
+    assert m.shape == (2, 1, 8, 8) and m[1, 0, 6].tolist() == [False] * 4 + [True, False, True, False]
 
 
 def test_mask_rule_and_block_mask_agree():
@@ -97,7 +111,7 @@ def test_mask_rule_and_block_mask_agree():
     assert m.diagonal().all()  # every token, pads included, sees at least itself: no empty softmax
     # the BlockMask's mask_mod is the same rule
     bm = block_mask(p, block_size=128)
-    n = p.group.shape[0]
+    n = p.group.shape[1]
     q, kv = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     assert torch.equal(bm.mask_mod(0, 0, q, kv), m)
 
@@ -109,14 +123,15 @@ def test_packed_hidden_states_equal_unshared_sequences():
     model = _model().eval()
     decoder, _ = decoder_and_head(model)
     seqs = [[[1, 5, 6, 7, 2], [1, 5, 6, 9, 9, 2]], [[1, 3, 4, 8, 2], [1, 3, 4, 2]], [[1, 11], [1, 12, 13]]]
-    p = pack_groups(seqs, pad_id=0, pack_multiple=16)
     with torch.no_grad():
         alone = [decoder(input_ids=torch.tensor([s])).last_hidden_state[0] for g in seqs for s in g]
         with prefix_sharing_attention(model):
-            for backend in ("dense", "flex_eager"):
+            for backend, rows in (("dense", None), ("dense", 9), ("flex_eager", None), ("flex_eager", 9)):
+                p = pack_groups(seqs, pad_id=0, pack_multiple=16, row_tokens=rows)
+                assert p.input_ids.shape[0] == (1 if rows is None else 3)
                 h = run_packed_decoder(decoder, p, backend)
                 for k, ref in enumerate(alone):
-                    assert torch.allclose(h[p.index[k]], ref, atol=1e-5), (backend, k)
+                    assert torch.allclose(h[p.index[k]], ref, atol=1e-5), (backend, rows, k)
 
 
 def test_attention_swap_is_transparent_for_ordinary_calls():
