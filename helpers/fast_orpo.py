@@ -48,7 +48,7 @@ from torch.utils.data import Sampler, SequentialSampler
 from trl.experimental.orpo import ORPOTrainer
 
 from .kernels import ATTENTION_BACKENDS, attention_backends, fused_lora
-from .prefix_sharing import (pack_groups, prefix_sharing_attention, resolve_backend, row_tokens_for,
+from .prefix_sharing import (pack_groups, packed_inputs, prefix_sharing_attention, resolve_backend, row_tokens_for,
                              run_packed_decoder)
 from .scoring import autocast_weight, decoder_and_head, is_right_padded, run_decoder, token_logps
 
@@ -223,6 +223,19 @@ class FastORPOTrainer(ORPOTrainer):
             handle.remove()
         return captured["h"]
 
+    def _packed_states(self, model, decoder, packed, backend: str) -> torch.Tensor:
+        """`_decoder_states` for prefix sharing: hidden states [rows * width, H] of the packed rows (under DDP
+        through the wrapper, for the same reason)."""
+        if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return run_packed_decoder(decoder, packed, backend)
+        captured = {}
+        handle = decoder.register_forward_hook(lambda module, args, output: captured.update(h=output.last_hidden_state))
+        try:
+            model(**packed_inputs(packed, backend), logits_to_keep=1)
+        finally:
+            handle.remove()
+        return captured["h"].reshape(-1, captured["h"].shape[-1])
+
     def concatenated_forward(self, model, batch: dict[str, Any]):
         """Same outputs as TRL's: (chosen_logps, rejected_logps, chosen_logits, rejected_logits, chosen_nll_loss).
 
@@ -307,7 +320,7 @@ class FastORPOTrainer(ORPOTrainer):
 
         decoder, head = decoder_and_head(model)
         packed = packed.to(device)
-        hidden = run_packed_decoder(decoder, packed, backend)  # [rows * width, H]
+        hidden = self._packed_states(model, decoder, packed, backend)  # [rows * width, H]
         tok = token_logps(hidden[hidden_idx], autocast_weight(head.weight), targets, self.logits_chunk)
 
         chosen_nll_loss = -(tok * in_nll).sum() / in_nll.sum()

@@ -263,16 +263,21 @@ def row_tokens_for(backend: str) -> int | None:
     return DENSE_ROW_TOKENS if backend == "dense" else None
 
 
-def run_packed_decoder(decoder: torch.nn.Module, packed: PackedGroups, backend: str) -> torch.Tensor:
-    """Hidden states [R * W, H] of the packed rows, flattened as `packed.index` counts (call inside
-    `prefix_sharing_attention(model)`)."""
+def packed_inputs(packed: PackedGroups, backend: str) -> dict:
+    """Keyword arguments for a decoder (or a whole causal LM) call on the packed rows under `backend`."""
     mask = packed_mask(packed, backend)
     if isinstance(mask, torch.Tensor):
         mask._prefix_sharing = True
-    out = decoder(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False)
-    hidden = out.last_hidden_state
+    return {"input_ids": packed.input_ids, "attention_mask": mask, "position_ids": packed.position_ids,
+            "use_cache": False}
+
+
+def run_packed_decoder(decoder: torch.nn.Module, packed: PackedGroups, backend: str) -> torch.Tensor:
+    """Hidden states [R * W, H] of the packed rows, flattened as `packed.index` counts (call inside
+    `prefix_sharing_attention(model)`)."""
+    hidden = decoder(**packed_inputs(packed, backend)).last_hidden_state
     return hidden.reshape(-1, hidden.shape[-1])
 
 
 __all__ = ["BACKENDS", "DENSE_ROW_TOKENS", "row_tokens_for", "PackedGroups", "attention_implementation", "block_mask", "common_prefix_len", "dense_mask",
-           "pack_groups", "packed_mask", "prefix_sharing_attention", "resolve_backend", "run_packed_decoder"]
+           "pack_groups", "packed_inputs", "packed_mask", "prefix_sharing_attention", "resolve_backend", "run_packed_decoder"]

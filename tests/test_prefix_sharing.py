@@ -255,3 +255,32 @@ def test_scorer_sharing_gives_the_same_scores(setup):
             got = mean_answer_logps(model, tokenizer, prompts, answers, max_batch_tokens=budget, share_prompt=True,
                                     share_prompt_backend=backend)
             assert got == pytest.approx(ref, abs=1e-5), (budget, backend)
+
+
+def test_ddp_wrapped_model_goes_through_the_wrapper(setup):
+    """Under DDP the packed forward must run through the DDP wrapper (its gradient hooks arm there): a one-process
+    gloo group, same outputs as the bare model, and the wrapper's forward really ran."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model, _, fast, batch = setup
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        model.eval()
+        wrapped = DDP(model)
+        calls = []
+        hook = wrapped.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+        with torch.no_grad():
+            ref = fast.concatenated_forward(model, batch)
+            got = fast.concatenated_forward(wrapped, batch)
+        hook.remove()
+        assert len(calls) == 1 and calls[0]["logits_to_keep"] == 1 and "position_ids" in calls[0]
+        for a, b in zip(got, ref, strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
