@@ -855,7 +855,8 @@ def main(argv=None) -> dict:
     # Pre-flight, before minutes of setup: notebook 04's LoRA and ORPOConfig cells must run on these versions.
     if "fast" not in skip:
         pre = {"cfg": fast_cfg, "precision": dict(PRECISION[device]),
-               "run": __import__("helpers.rundir", fromlist=["RunDir"]).RunDir(work / "preflight")}
+               "run": __import__("helpers.rundir", fromlist=["RunDir"]).RunDir(work / "preflight"),
+               "processes": 1, "train_here": True, "fsdp": False}  # as notebook_namespace: one process
         for src in notebook_cells()[:2]:
             exec(compile(src, "<notebook 04 pre-flight>", "exec"), pre)
         log(f"pre-flight: notebook 04's LoraConfig and ORPOConfig cells ran (warmup_steps="
