@@ -250,8 +250,7 @@ class FastORPOTrainer(ORPOTrainer):
             # FSDP: outside its own forward, FSDP keeps the lm_head weight sharded, so the chunked head below cannot
             # read it: TRL's path (full logits, inside the wrapped forward) is the correct one there
             return super().concatenated_forward(model, batch)
-        if self.share_prompt and is_right_padded(batch["chosen_attention_mask"]) and is_right_padded(
-                batch["rejected_attention_mask"]):
+        if self.share_prompt and self._can_share(model, batch):
             with prefix_sharing_attention(model):  # a no-op inside training_step, which already opened it
                 return self.shared_prompt_forward(model, batch)
         cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value,
@@ -284,6 +283,17 @@ class FastORPOTrainer(ORPOTrainer):
                 pos_mean = pos_mean + head.bias.float().mean()
         return all_logps[:n_chosen], all_logps[n_chosen:], pos_mean[:n_chosen].mean(), pos_mean[n_chosen:].mean(), chosen_nll_loss
 
+    @staticmethod
+    def _can_share(model, batch) -> bool:
+        """Prefix sharing needs right-padded rows, and sequences no longer than the model's sliding window (Mistral:
+        4,096; the packed attention confines a token to its own pair, which equals the windowed attention only while
+        a sequence fits the window). Otherwise the unshared path runs (same loss)."""
+        if not (is_right_padded(batch["chosen_attention_mask"]) and is_right_padded(batch["rejected_attention_mask"])):
+            return False
+        window = getattr(decoder_and_head(model)[0].config, "sliding_window", None)
+        longest = max(batch["chosen_attention_mask"].shape[1], batch["rejected_attention_mask"].shape[1])
+        return window is None or longest <= window
+
     def shared_prompt_forward(self, model, batch: dict[str, Any]):
         """`concatenated_forward` with each pair packed as one [prompt, chosen, rejected] segment (`share_prompt`).
 
@@ -292,6 +302,8 @@ class FastORPOTrainer(ORPOTrainer):
         packed row (`PackedGroups.index`): the NLL over every real chosen token after the first (TRL: labels =
         input_ids where attention_mask == 1, shifted by one), and the mean log-prob over the answer tokens
         (labels != -100) of both sequences. Needs right-padded rows (checked by the caller).
+        To backpropagate outside `training_step`, open `self.kernels()` around forward AND backward: checkpointed
+        layers rerun their forward during the backward pass and need the prefix-sharing attention there too.
         """
         device = self.accelerator.device
         c_ids, c_mask, c_lab = (batch[f"chosen_{k}"].cpu() for k in ("input_ids", "attention_mask", "labels"))

@@ -284,3 +284,22 @@ def test_ddp_wrapped_model_goes_through_the_wrapper(setup):
             assert torch.allclose(a, b, atol=1e-6)
     finally:
         dist.destroy_process_group()
+
+
+def test_sequences_longer_than_the_sliding_window_use_the_unshared_path(setup):
+    """The packed mask confines attention to a pair; with a sliding window shorter than a sequence, TRL's attention
+    is windowed instead: the trainer must not share then (and still give TRL's loss)."""
+    model, trl, fast, batch = setup
+    config = model.get_base_model().config
+    saved = config.sliding_window
+    config.sliding_window = 8  # shorter than most sequences of the batch
+    fast.last_packed_tokens = None
+    try:
+        model.eval()
+        with torch.no_grad():
+            loss_t = trl.get_batch_loss_metrics(model, batch)[0]
+            loss_f = fast.get_batch_loss_metrics(model, batch)[0]
+    finally:
+        config.sliding_window = saved
+    assert fast.last_packed_tokens is None  # the shared path did not run
+    assert _rel(loss_f, loss_t) < RTOL
