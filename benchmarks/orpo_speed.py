@@ -17,6 +17,9 @@ In one run it measures:
          `eval_dataset` (selected as notebook 04's data cell does). The only overrides are what a benchmark must set:
          max_steps, and eval/save/logging cadence pushed past the run's end (printed and saved in the JSON); the
          end-of-run evaluation and checkpoint the Trainer would add after the last step are skipped (untimed anyway).
+  shared the fast path with FastORPOTrainer.share_prompt = True (issue #12): each pair packed as one padding-free
+         [prompt, chosen, rejected] segment, the prompt computed once (FlexAttention BlockMask); built by make_trainer
+         on the fast run's model with the fast run's settings as built (batch, checkpointed layers, grouping, Liger)
   t4     the t4 profile's settings (fp16, fp16 compute dtype), peak memory only (a T4 has 15 GiB)
   eval   held-out scoring of --eval-pairs pairs: notebook 05's helpers.scoring.mean_answer_logps (on the model loaded
          as notebook 05 loads it) vs ORPOTrainer.evaluate at eval batch 8 and 2 (the latter on a subset, extrapolated
@@ -24,7 +27,12 @@ In one run it measures:
   same   the fast loss path vs TRL's on one fixed batch, same model and autocast: loss, NLL and odds-ratio parts, with
          the numerics-changing shortcuts off (the parity check) and on, plus TRL's own path on the fast kernels
 Tokens/s counts real tokens only: non-pad tokens of chosen + rejected, prompt tokens included (the prompt is read
-twice, once per answer). seed and fast get the same --warmup optimizer steps, excluded from timing (the first steps
+twice, once per answer), the same count for every run, so tokens/s ratios compare pairs per second. Each run also
+reports `needed_tokens` (each pair's prompt once: chosen + rejected - their common prefix), `computed_tokens`
+(what the forward actually ran: padded rows, or the packed row) and `ceiling_fraction`: the FLOPs a QLoRA step
+needs (4 x the decoder's linear weights per needed token: forward + input gradient, frozen base; plus the lm_head
+at the positions the loss reads; no checkpoint recompute, attention counted as free) over the time, as a fraction
+of the bf16 matmul ceiling measured in the same run. seed and fast get the same --warmup optimizer steps, excluded from timing (the first steps
 pay one-off costs: Triton/Liger kernel compilation, cuBLAS/SDPA heuristics, the caching allocator growing to the
 batch shapes, paged optimizer state); each step's seconds are saved so the warm-up can be checked. Peak memory covers
 all steps (the longest batch comes first under length grouping). `--tiny` runs the same plumbing on a tiny model
@@ -284,8 +292,9 @@ def instrument(trainer):
     class Stamps(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             sync()
-            trainer.stamps.append((time.perf_counter(), trainer.tokens_now, trainer.padded_now))
-            trainer.tokens_now = trainer.padded_now = 0
+            trainer.stamps.append((time.perf_counter(), trainer.tokens_now, trainer.padded_now,
+                                   trainer.needed_now, trainer.computed_now, trainer.head_now))
+            trainer.tokens_now = trainer.padded_now = trainer.needed_now = trainer.computed_now = trainer.head_now = 0
             if state.global_step >= state.max_steps:
                 control.should_evaluate = control.should_save = False
             return control
@@ -294,20 +303,45 @@ def instrument(trainer):
 
     def compute_loss(model, inputs, *a, **kw):
         if model.training:
-            trainer.tokens_now += int(inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum())
+            real, needed, head = pair_token_counts(inputs)
+            trainer.tokens_now += real
+            trainer.needed_now += needed
+            trainer.head_now += head
             width = max(inputs["chosen_input_ids"].shape[1], inputs["rejected_input_ids"].shape[1])
             trainer.padded_now += 2 * inputs["chosen_input_ids"].shape[0] * width
-        return inner(model, inputs, *a, **kw)
+            trainer.last_packed_tokens = None
+        out = inner(model, inputs, *a, **kw)
+        if model.training:  # the packed row's length when the trainer shared prompts, else the padded rows
+            packed = getattr(trainer, "last_packed_tokens", None)
+            trainer.computed_now += packed if packed is not None else (
+                2 * inputs["chosen_input_ids"].shape[0] * width)
+        return out
 
-    trainer.stamps, trainer.tokens_now, trainer.padded_now = [], 0, 0
+    trainer.stamps = []
+    trainer.tokens_now = trainer.padded_now = trainer.needed_now = trainer.computed_now = trainer.head_now = 0
     trainer.compute_loss = compute_loss
     trainer.add_callback(Stamps())
     return trainer
 
 
+def pair_token_counts(inputs) -> tuple[int, int, int]:
+    """(real, needed, head) tokens of a TRL ORPO batch: real = non-pad tokens of chosen + rejected (prompt twice);
+    needed = each pair's tokens with the common prefix of its two sequences (the prompt) once; head = the positions
+    the loss reads logits at (every chosen token after the first: the NLL; every rejected answer token)."""
+    c, r = inputs["chosen_input_ids"], inputs["rejected_input_ids"]
+    cm, rm = inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]
+    w = min(c.shape[1], r.shape[1])
+    same = (c[:, :w] == r[:, :w]) & (cm[:, :w] == 1) & (rm[:, :w] == 1)
+    prefix = same.long().cumprod(1).sum()
+    real = cm.sum() + rm.sum()
+    head = (cm[:, 1:] == 1).sum() + (inputs["rejected_labels"][:, 1:] != -100).sum()
+    real, needed, head = torch.stack([real, real - prefix, head]).tolist()  # one transfer
+    return int(real), int(needed), int(head)
+
+
 def throughput(stamps: list, warmup: int, t_start: float, tail: int = 0) -> dict:
     """Tokens/s and s/step over the steps after `warmup`, minus the last `tail` (profiled) steps
-    (each stamp: end time, real tokens, padded tokens)."""
+    (each stamp: end time, real tokens, padded tokens[, needed tokens, computed tokens, lm_head positions])."""
     ends = [t_start] + [s[0] for s in stamps]
     last = len(stamps) - tail
     timed_steps = stamps[warmup:last]
@@ -322,18 +356,35 @@ def throughput(stamps: list, warmup: int, t_start: float, tail: int = 0) -> dict
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
             "real_tokens": tokens, "padding_fraction": round(1 - tokens / max(1, padded), 3),
             "warmup_tokens_per_s": round(warm_tok / warm_s, 1) if warm_s > 0 else None,
-            "step_seconds": step_s, "step_tokens": [s[1] for s in stamps]}
+            "step_seconds": step_s, "step_tokens": [s[1] for s in stamps],
+            **({"needed_tokens": sum(s[3] for s in timed_steps), "computed_tokens": sum(s[4] for s in timed_steps),
+                "lm_head_positions": sum(s[5] for s in timed_steps),
+                "computed_over_needed": round(sum(s[4] for s in timed_steps)
+                                              / max(1, sum(s[3] for s in timed_steps)), 3)}
+               if timed_steps and len(timed_steps[0]) > 3 else {})}
+
+
+def ceiling_fraction(run: dict, config: dict, ceiling_tflops: float | None) -> dict:
+    """Needed FLOPs per second of a training run as a fraction of the measured bf16 matmul ceiling (see the module
+    docstring: 4 x linear weights per needed token, 4 x lm_head per position the loss reads; nothing else)."""
+    if not ceiling_tflops or not run.get("needed_tokens") or not run.get("seconds"):
+        return {}
+    flops = (4 * linear_params(config) * run["needed_tokens"]
+             + 4 * config["vocab_size"] * config["hidden_size"] * run["lm_head_positions"])
+    achieved = flops / run["seconds"] / 1e12
+    return {"needed_tflops_per_s": round(achieved, 1), "ceiling_tflops": ceiling_tflops,
+            "ceiling_fraction": round(achieved / ceiling_tflops, 3)}
 
 
 # (Liger cannot be switched off per variant: the fast run has already patched the shared model's modules.)
 VARIANT_FLAGS = {"cudnn": ("sdpa_backends", None), "nofuse": ("fuse_lora", False),
-                 "random": ("train_sampling_strategy", None)}
+                 "random": ("train_sampling_strategy", None), "share": ("share_prompt", True)}
 
 
 def variant(spec: str, base: dict) -> tuple[dict, str]:
     """'MB:LAYERS[:flag+flag]' -> trainer settings and a name. LAYERS: checkpointed decoder layers, 'all' or a number
     (0 = no checkpointing). Flags switch one speed-up off: cudnn (PyTorch's own SDPA choice), nofuse (PEFT's LoRA
-    forward), random (no length grouping). Grad-accum keeps at least 8 pairs per optimizer step."""
+    forward), random (no length grouping); share switches prefix sharing ON (share_prompt). Grad-accum keeps at least 8 pairs per optimizer step."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[0].isdigit() or not (parts[1] == "all" or parts[1].isdigit()):
         raise SystemExit(f"--variants {spec!r}: expected MICRO_BATCH:LAYERS[:flag+flag], e.g. 16:all or 16:28:cudnn")
@@ -378,7 +429,7 @@ def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, 
                   processing_class=tokenizer, peft_config=peft_config)
     if kind["trainer"] == "FastORPOTrainer":
         trainer.checkpoint_layers = kind.get("checkpoint_layers")
-        for key in ("sdpa_backends", "fuse_lora"):
+        for key in ("sdpa_backends", "fuse_lora", "share_prompt"):
             if key in kind:
                 setattr(trainer, key, kind[key])
     return instrument(trainer)
@@ -467,6 +518,8 @@ SAME_MATH_MODES = {
     "fast_exact": ("fast", False, False),      # our loss path with every numerics-changing shortcut off
     "fast": ("fast", True, True),              # our loss path as notebook 04 trains with it
     "trl_fast_kernels": ("trl", False, True),  # TRL's path on our kernels: what the kernel choice alone changes
+    "shared_exact": ("shared_dense", False, False),  # prefix sharing, dense boolean mask + PyTorch's SDPA choice
+    "shared": ("shared", True, True),                # prefix sharing as the shared run trains (FlexAttention on GPU)
 }
 
 
@@ -485,6 +538,7 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
     dtype = torch.bfloat16 if trainer.args.bf16 else (torch.float16 if trainer.args.fp16 else None)
     ctx = torch.autocast(trainer.accelerator.device.type, dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
     saved = trainer.drop_padding_mask, trainer.sdpa_backends, trainer.fuse_lora
+    saved_share, saved_backend = trainer.share_prompt, trainer.share_prompt_backend
     out = {}
     was = model.training
     model.eval()
@@ -493,6 +547,8 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
             for name, (path, drop, fast_kernels) in SAME_MATH_MODES.items():
                 trainer.drop_padding_mask = drop
                 trainer.sdpa_backends, trainer.fuse_lora = (saved[1], saved[2]) if fast_kernels else (None, False)
+                trainer.share_prompt = path.startswith("shared")
+                trainer.share_prompt_backend = "dense" if path == "shared_dense" else saved_backend
                 fwd = ORPOTrainer.concatenated_forward if path == "trl" else type(trainer).concatenated_forward
                 with trainer.kernels():
                     c, r, _, _, nll = fwd(trainer, model, batch)
@@ -502,14 +558,24 @@ def same_math(trainer, n_pairs: int = 4) -> dict:
     finally:
         model.train(was)
         trainer.drop_padding_mask, trainer.sdpa_backends, trainer.fuse_lora = saved
+        trainer.share_prompt, trainer.share_prompt_backend = saved_share, saved_backend
 
     def rel(a: str, b: str) -> float:
         return max(abs(out[a][k] - out[b][k]) / max(abs(out[b][k]), 1e-12) for k in out[b])
 
     out["max_rel_diff"] = {"fast_exact_vs_trl": rel("fast_exact", "trl"), "fast_vs_trl": rel("fast", "trl"),
                            "trl_fast_kernels_vs_trl": rel("trl_fast_kernels", "trl"),
-                           "fast_vs_trl_fast_kernels": rel("fast", "trl_fast_kernels")}
+                           "fast_vs_trl_fast_kernels": rel("fast", "trl_fast_kernels"),
+                           "shared_exact_vs_trl": rel("shared_exact", "trl"), "shared_vs_trl": rel("shared", "trl"),
+                           "shared_vs_trl_fast_kernels": rel("shared", "trl_fast_kernels")}
     out["ok_1e-3"] = out["max_rel_diff"]["fast_exact_vs_trl"] <= 1e-3
+    # Prefix sharing cannot match TRL bit for bit in bf16 even with every other shortcut off: the packed row gives
+    # the matmuls other shapes (cuBLAS picks other kernels) and attention runs another kernel. Its exactness is
+    # established in fp32 (tests/test_prefix_sharing.py); here it passes if it is within 1e-3 or within what the
+    # kernel choice alone moves TRL's own loss (trl_fast_kernels_vs_trl), whichever is larger.
+    tol = max(1e-3, out["max_rel_diff"]["trl_fast_kernels_vs_trl"])
+    out["shared_tolerance"] = tol
+    out["shared_ok"] = max(out["max_rel_diff"]["shared_exact_vs_trl"], out["max_rel_diff"]["shared_vs_trl"]) <= tol
     return out
 
 
@@ -534,14 +600,16 @@ def load_like_notebook_05(model_path: Path, adapter_path: Path, device: str):
     return PeftModel.from_pretrained(base, str(adapter_path)).eval()
 
 
-def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_sizes=(8, 2)) -> dict:
+def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_sizes=(8, 2),
+               share_prompt: bool = True) -> dict:
     """Notebook 05's held-out scoring (helpers.scoring.mean_answer_logps, chosen + rejected answers of every pair)
     vs ORPOTrainer.evaluate on the same pairs.
 
     evaluate runs on the first `subset` pairs at each eval batch size in `batch_sizes` (after an untimed warm-up on
     8 other pairs) and is extrapolated linearly to all pairs; the faster batch size is the reference. The scorer
     runs on all pairs, on `scorer_model` loaded the way notebook 05 loads it. Agreement: the scorer on the trainer's
-    own model and the subset reproduces evaluate's mean chosen/rejected log-probs.
+    own model and the subset reproduces evaluate's mean chosen/rejected log-probs. With `share_prompt`, the scorer
+    is also timed with prefix sharing (chosen + rejected in one call), and its scores compared with the unshared ones.
     """
     from trl.data_utils import maybe_apply_chat_template
 
@@ -575,13 +643,31 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
     sync()
     t_all = time.perf_counter() - t0
     t_ref = evaluate[ref_bs]["seconds_extrapolated"]
+    # the same scores with each prompt computed once: chosen and rejected in ONE call, share_prompt=True
+    shared = {}
+    if share_prompt:
+        both = lambda k: mean_answer_logps(scorer_model, tokenizer, prompts[:k] + prompts[:k],  # noqa: E731
+                                           chosen[:k] + rejected[:k], share_prompt=True)
+        k = min(subset, n)
+        sub_shared = both(k)  # warm-up (FlexAttention compiles here), untimed; checked against the unshared scores
+        sub_plain = (mean_answer_logps(scorer_model, tokenizer, prompts[:k], chosen[:k])
+                     + mean_answer_logps(scorer_model, tokenizer, prompts[:k], rejected[:k]))
+        sync()
+        t0 = time.perf_counter()
+        both(n)
+        sync()
+        t_shared = time.perf_counter() - t0
+        shared = {"scorer_shared_seconds": round(t_shared, 2), "speedup_shared": round(t_ref / t_shared, 2),
+                  "shared_over_unshared_scorer": round(t_all / t_shared, 2),
+                  "shared_max_abs_diff_on_subset": float(np.max(np.abs(np.subtract(sub_shared, sub_plain))))}
+        log(f"scorer with prompt sharing: {shared}")
     return {
         "pairs": n, "evaluate_pairs_run": subset, "evaluate": evaluate, "evaluate_reference_batch_size": ref_bs,
         "evaluate_seconds_extrapolated": t_ref,
         "evaluate_extrapolated": "linearly, from the subset" if subset < n else "no (all pairs run)",
         "scorer": "helpers.scoring.mean_answer_logps (notebook 05), chosen + rejected, model loaded as in notebook 05",
         "scorer_seconds": round(t_all, 2), "scorer_pairs_per_s": round(n / t_all, 2),
-        "speedup": round(t_ref / t_all, 2), "agreement_on_subset": agree,
+        "speedup": round(t_ref / t_all, 2), "agreement_on_subset": agree, **shared,
     }
 
 
@@ -649,17 +735,23 @@ def versions() -> dict:
 
 
 def print_table(result: dict) -> None:
-    rows = [("config", "tokens/s", "s/step", "pairs/step", "pad frac", "peak alloc GiB", "peak reserved GiB")]
+    rows = [("config", "tokens/s", "s/step", "pairs/step", "pad frac", "computed/needed", "ceiling frac",
+             "peak alloc GiB", "peak reserved GiB")]
     for name, r in result["runs"].items():
         if "tokens_per_s" in r:
             rows.append((name, f"{r['tokens_per_s']:.0f}", f"{r['s_per_step']:.2f}", str(r.get("pairs_per_step")),
-                         f"{r['padding_fraction']:.2f}", str(r["peak_allocated_gib"]), str(r["peak_reserved_gib"])))
+                         f"{r['padding_fraction']:.2f}" if "share_prompt" not in r.get("settings", {}) else "-",
+                         str(r.get("computed_over_needed")), str(r.get("ceiling_fraction")),
+                         str(r["peak_allocated_gib"]), str(r["peak_reserved_gib"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows))
     s = result["summary"]
     print(f"\nfast / seed tokens/s: {s.get('speedup_fast_over_seed', 'n/a (one of them skipped)')}x "
           f"(target >= 4.0, peak <= 40 GiB); "
           f"warm-up {result['args']['warmup']} steps each, untimed")
+    if "speedup_shared_over_seed" in s:
+        print(f"shared (prefix sharing) / seed tokens/s: {s['speedup_shared_over_seed']}x (target >= 6.0); "
+              f"shared / fast: {s.get('speedup_shared_over_fast')}x; peak {s['shared_peak_allocated_gib']} GiB")
     if "t4_peak_allocated_gib" in s:
         print(f"t4 settings peak memory: {s['t4_peak_allocated_gib']} GiB allocated (target <= 14)")
     if "eval" in result:
@@ -676,12 +768,20 @@ def print_table(result: dict) -> None:
                   f"{b['floor_seconds_prompt_once']} s): no exact scorer beats evaluate by more than "
                   f"{b['max_speedup_as_scored']}x ({b['max_speedup_prompt_once']}x); this one is "
                   f"{b['scorer_over_floor']}x the floor")
+        if "scorer_shared_seconds" in e:
+            print(f"  with prompt sharing (chosen + rejected in one call): {e['scorer_shared_seconds']} s, "
+                  f"{e['speedup_shared']}x evaluate, {e['shared_over_unshared_scorer']}x the unshared scorer "
+                  f"(max |score difference| on the subset {e['shared_max_abs_diff_on_subset']:.1e})")
     if "same_math" in result:
         d = result["same_math"]["max_rel_diff"]
         print(f"same math on one batch (loss, NLL, odds-ratio part; max relative difference): fast path with its "
               f"shortcuts off vs TRL {d['fast_exact_vs_trl']:.1e} (ok <= 1e-3: {result['same_math']['ok_1e-3']}); "
               f"as trained vs TRL {d['fast_vs_trl']:.1e}; TRL on our kernels vs TRL {d['trl_fast_kernels_vs_trl']:.1e} "
               f"(the bf16 effect of the kernel choice alone)")
+        print(f"  prefix sharing vs TRL: {d['shared_exact_vs_trl']:.1e} (dense mask, other shortcuts off), "
+              f"{d['shared_vs_trl']:.1e} as trained (FlexAttention); ok <= {result['same_math']['shared_tolerance']:.1e} "
+              f"(1e-3 or TRL's own kernel effect, the larger): {result['same_math']['shared_ok']}; "
+              f"vs TRL on our kernels {d['shared_vs_trl_fast_kernels']:.1e}")
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -696,6 +796,8 @@ def main(argv=None) -> dict:
                     help="optimizer steps excluded from timing, the same for seed and fast (and variants)")
     ap.add_argument("--seed-steps", type=int, default=30, help="timed optimizer steps of the seed recipe")
     ap.add_argument("--fast-steps", type=int, default=40, help="timed optimizer steps of the fast path")
+    ap.add_argument("--shared-steps", type=int, default=None, help="timed optimizer steps of the prefix-sharing run "
+                    "(default: --fast-steps); it gets --warmup untimed steps too (FlexAttention compiles there)")
     ap.add_argument("--variant-steps", type=int, default=10, help="timed optimizer steps of each --variants entry")
     ap.add_argument("--variant-warmup", type=int, default=4, help="untimed steps of each variant (the model and its "
                     "kernels are warm by then; this covers the allocator growing to a new batch shape)")
@@ -708,7 +810,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--evaluate-batch-sizes", default="8,2", help="eval batch sizes ORPOTrainer.evaluate is timed at "
                     "(8: Trainer's default; 2: the seed recipe's); the faster one is the reference")
     ap.add_argument("--profile-steps", type=int, default=0, help="profile the fast run's last N steps (untimed)")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,eval")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,shared,eval,"
+                    "shared_eval (the scorer with prompt sharing)")
     ap.add_argument("--scoring-bound", metavar="RESULT_JSON", help="print the scoring speed-up bound for a saved "
                     "result (see `scoring_bound`) and exit; no GPU needed")
     ap.add_argument("--tiny", action="store_true", help="smoke test of the plumbing on a tiny model (CPU ok)")
@@ -730,6 +833,9 @@ def main(argv=None) -> dict:
         a.train_pairs, a.eval_pairs, a.evaluate_subset = min(a.train_pairs, 48), min(a.eval_pairs, 16), min(a.evaluate_subset, 8)
         a.seed_steps, a.fast_steps, a.t4_steps, a.warmup = min(a.seed_steps, 2), min(a.fast_steps, 2), 1, 1
         a.variant_steps, a.variant_warmup = min(a.variant_steps, 1), min(a.variant_warmup, 1)
+        a.shared_steps = min(a.shared_steps or 2, 2)
+    if a.shared_steps is None:
+        a.shared_steps = a.fast_steps
     out_path = Path(a.out or os.path.join(os.environ.get("OUT", "."), "orpo_speed.json"))
     work = Path(a.work_dir)
     shutil.rmtree(work, ignore_errors=True)
@@ -749,7 +855,8 @@ def main(argv=None) -> dict:
     # Pre-flight, before minutes of setup: notebook 04's LoRA and ORPOConfig cells must run on these versions.
     if "fast" not in skip:
         pre = {"cfg": fast_cfg, "precision": dict(PRECISION[device]),
-               "run": __import__("helpers.rundir", fromlist=["RunDir"]).RunDir(work / "preflight")}
+               "run": __import__("helpers.rundir", fromlist=["RunDir"]).RunDir(work / "preflight"),
+               "processes": 1, "train_here": True, "fsdp": False}  # as notebook_namespace: one process
         for src in notebook_cells()[:2]:
             exec(compile(src, "<notebook 04 pre-flight>", "exec"), pre)
         log(f"pre-flight: notebook 04's LoraConfig and ORPOConfig cells ran (warmup_steps="
@@ -821,7 +928,8 @@ def main(argv=None) -> dict:
             tr.model.save_pretrained(work / "seed_adapter")  # notebook 05 loads a saved adapter; weights don't matter
             scorer_model = load_like_notebook_05(path, work / "seed_adapter", device)
             result["eval"] = eval_speed(tr, evald, a.evaluate_subset, scorer_model, tokenizer,
-                                        [int(b) for b in a.evaluate_batch_sizes.split(",")])
+                                        [int(b) for b in a.evaluate_batch_sizes.split(",")],
+                                        share_prompt="shared_eval" not in skip)
             if not a.tiny:
                 result["eval"]["bound"] = scoring_bound(result)
             log(f"eval: {result['eval']}")
@@ -854,9 +962,32 @@ def main(argv=None) -> dict:
         log(f"same math: {result['same_math']}")
         save()
         peft_model = tr.model
+        as_built = dict(FAST, per_device_train_batch_size=tr.args.per_device_train_batch_size,
+                        gradient_accumulation_steps=tr.args.gradient_accumulation_steps,
+                        gradient_checkpointing=tr.args.gradient_checkpointing, optim=tr.args.optim,
+                        checkpoint_layers=tr.checkpoint_layers, learning_rate=tr.args.learning_rate, beta=tr.args.beta,
+                        train_sampling_strategy=getattr(tr.args, "train_sampling_strategy", None),
+                        use_liger_kernel=bool(tr.args.use_liger_kernel), lora_dropout=ns["peft_config"].lora_dropout)
         del tr, ns
         free()
         fast = dict(FAST, use_liger_kernel=FAST["use_liger_kernel"] and cuda)
+        # --- prefix sharing (issue #12): the fast run's settings as built, share_prompt on, same model.
+        if "shared" not in skip:
+            kind = dict(as_built, share_prompt=True)
+            vt = make_trainer(kind, peft_model, train, tokenizer, work / "shared", a.warmup + a.shared_steps,
+                              precision, not cuda, peft=False)
+            try:
+                r = run_training("shared", vt, a.warmup)
+                r["pairs_per_step"] = kind["per_device_train_batch_size"] * kind["gradient_accumulation_steps"]
+                r["settings"] = {k: str(v) for k, v in kind.items()}
+                result["runs"]["shared"] = r
+            except torch.OutOfMemoryError as e:
+                result["runs"]["shared"] = {"error": f"OOM: {str(e)[:200]}", "settings": {k: str(v) for k, v in
+                                                                                           kind.items()}}
+                log("shared: OOM")
+            del vt
+            free()
+            save()
         for spec in filter(None, a.variants.split(",")):
             kind, name = variant(spec, fast)
             try:
@@ -874,9 +1005,22 @@ def main(argv=None) -> dict:
             save()
 
     runs = result["runs"]
-    if "seed" in runs and "fast" in runs:
+    ceiling = max((result.get("matmul_ceiling_tflops") or {}).values(), default=None)
+    for r in runs.values():
+        r.update(ceiling_fraction(r, config, ceiling))
+    ok = lambda name: name in runs and runs[name].get("tokens_per_s")  # noqa: E731
+    if ok("seed") and ok("fast"):
         result["summary"]["speedup_fast_over_seed"] = round(runs["fast"]["tokens_per_s"] / runs["seed"]["tokens_per_s"], 2)
         result["summary"]["fast_peak_allocated_gib"] = runs["fast"]["peak_allocated_gib"]
+    if ok("seed") and ok("shared"):
+        result["summary"]["speedup_shared_over_seed"] = round(
+            runs["shared"]["tokens_per_s"] / runs["seed"]["tokens_per_s"], 2)
+        result["summary"]["shared_peak_allocated_gib"] = runs["shared"]["peak_allocated_gib"]
+    if ok("fast") and ok("shared"):
+        result["summary"]["speedup_shared_over_fast"] = round(
+            runs["shared"]["tokens_per_s"] / runs["fast"]["tokens_per_s"], 2)
+    for name in [n for n in runs if ok(n) and ok("seed") and n not in ("seed", "fast", "shared")]:
+        result["summary"][f"speedup_{name}_over_seed"] = round(runs[name]["tokens_per_s"] / runs["seed"]["tokens_per_s"], 2)
     save()
     print_table(result)
     log(f"wrote {out_path}")

@@ -24,7 +24,13 @@ against TRL on a fixed batch); what changes is *how* it is computed:
    SDPA instead (`sdpa_backends`).
 6. **Fused LoRA update.** base(x) + scaling * B(A(x)) as one addmm per LoRA layer instead of PEFT's clone, scale
    and add over [tokens, out_features] tensors (`fuse_lora`; helpers.kernels).
-7. **Autocast in the compute dtype.** TRL wraps the loss in `torch.autocast(device)`, whose CUDA default is *fp16*,
+7. **Prefix sharing, no padding (`share_prompt = True`; off until measured on a GPU).** Each pair becomes ONE
+   segment [prompt, chosen, rejected] of a single packed row (helpers.prefix_sharing): the prompt is computed once
+   instead of once per answer, and no pad token is computed at all. The rejected tokens attend to the prompt and to
+   themselves only (never to the chosen answer), with position ids that continue from the prompt's end, and no pair
+   sees another: a FlexAttention BlockMask on the GPU, a dense boolean mask elsewhere. Every hidden state the loss
+   reads is the one the unshared forward computes, so the loss is unchanged (tests/test_prefix_sharing.py).
+8. **Autocast in the compute dtype.** TRL wraps the loss in `torch.autocast(device)`, whose CUDA default is *fp16*,
    even when training in bf16; we autocast to bf16 when `bf16=True` (no fp16 overflow risk, no bf16->fp16 casts of
    every dequantized weight).
 
@@ -42,6 +48,8 @@ from torch.utils.data import Sampler, SequentialSampler
 from trl.experimental.orpo import ORPOTrainer
 
 from .kernels import ATTENTION_BACKENDS, attention_backends, fused_lora
+from .prefix_sharing import (pack_groups, packed_inputs, prefix_sharing_attention, resolve_backend, row_tokens_for,
+                             run_packed_decoder)
 from .scoring import autocast_weight, decoder_and_head, is_right_padded, run_decoder, token_logps
 
 # ----------------------------------------------------------------------------------------------- sampler
@@ -106,6 +114,10 @@ class FastORPOTrainer(ORPOTrainer):
         sdpa_backends: SDPA backends allowed in training and evaluation steps (names of torch's SDPBackend);
             None = PyTorch's own choice.
         fuse_lora: compute each LoRA layer's update with one addmm (helpers.kernels.fused_lora).
+        share_prompt: pack each pair as one [prompt, chosen, rejected] segment of a padding-free row, the prompt
+            computed once (helpers.prefix_sharing). Same loss; the logged mean logits average real tokens only.
+        share_prompt_backend: "auto" (FlexAttention on CUDA, dense mask elsewhere), "flex", "dense" or "flex_eager".
+        pack_multiple: the packed row is padded to a multiple of this many tokens (FlexAttention's block: 128).
     """
 
     logits_chunk: int = 4096
@@ -114,6 +126,9 @@ class FastORPOTrainer(ORPOTrainer):
     mega_batch_mult: int = 50
     sdpa_backends: tuple[str, ...] | None = ATTENTION_BACKENDS
     fuse_lora: bool = True
+    share_prompt: bool = False
+    share_prompt_backend: str = "auto"
+    pack_multiple: int = 128
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -156,7 +171,10 @@ class FastORPOTrainer(ORPOTrainer):
     def kernels(self):
         """The attention backends and fused LoRA this trainer's steps run with."""
         sdpa = attention_backends(self.sdpa_backends) if self.sdpa_backends else nullcontext()
-        with sdpa, fused_lora(self.model, self.fuse_lora and not self.is_fsdp_enabled):  # FSDP owns LoRA weights
+        # prefix sharing swaps the attention function for the whole step: checkpointed layers recompute their
+        # forward inside the backward pass, and must see the packed mask the same way then
+        sharing = prefix_sharing_attention(self.model) if self.share_prompt else nullcontext()
+        with sdpa, fused_lora(self.model, self.fuse_lora and not self.is_fsdp_enabled), sharing:  # FSDP owns LoRA
             yield
 
     def training_step(self, *args, **kwargs):
@@ -205,6 +223,19 @@ class FastORPOTrainer(ORPOTrainer):
             handle.remove()
         return captured["h"]
 
+    def _packed_states(self, model, decoder, packed, backend: str) -> torch.Tensor:
+        """`_decoder_states` for prefix sharing: hidden states [rows * width, H] of the packed rows (under DDP
+        through the wrapper, for the same reason)."""
+        if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return run_packed_decoder(decoder, packed, backend)
+        captured = {}
+        handle = decoder.register_forward_hook(lambda module, args, output: captured.update(h=output.last_hidden_state))
+        try:
+            model(**packed_inputs(packed, backend), logits_to_keep=1)
+        finally:
+            handle.remove()
+        return captured["h"].reshape(-1, captured["h"].shape[-1])
+
     def concatenated_forward(self, model, batch: dict[str, Any]):
         """Same outputs as TRL's: (chosen_logps, rejected_logps, chosen_logits, rejected_logits, chosen_nll_loss).
 
@@ -219,6 +250,9 @@ class FastORPOTrainer(ORPOTrainer):
             # FSDP: outside its own forward, FSDP keeps the lm_head weight sharded, so the chunked head below cannot
             # read it: TRL's path (full logits, inside the wrapped forward) is the correct one there
             return super().concatenated_forward(model, batch)
+        if self.share_prompt and self._can_share(model, batch):
+            with prefix_sharing_attention(model):  # a no-op inside training_step, which already opened it
+                return self.shared_prompt_forward(model, batch)
         cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=self.padding_value,
                                       device=self.accelerator.device)
         ids, mask, labels = cb["concatenated_input_ids"], cb["concatenated_attention_mask"], cb["concatenated_labels"]
@@ -248,6 +282,71 @@ class FastORPOTrainer(ORPOTrainer):
             if getattr(head, "bias", None) is not None:
                 pos_mean = pos_mean + head.bias.float().mean()
         return all_logps[:n_chosen], all_logps[n_chosen:], pos_mean[:n_chosen].mean(), pos_mean[n_chosen:].mean(), chosen_nll_loss
+
+    @staticmethod
+    def _can_share(model, batch) -> bool:
+        """Prefix sharing needs right-padded rows, and sequences no longer than the model's sliding window (Mistral:
+        4,096; the packed attention confines a token to its own pair, which equals the windowed attention only while
+        a sequence fits the window). Otherwise the unshared path runs (same loss)."""
+        if not (is_right_padded(batch["chosen_attention_mask"]) and is_right_padded(batch["rejected_attention_mask"])):
+            return False
+        window = getattr(decoder_and_head(model)[0].config, "sliding_window", None)
+        longest = max(batch["chosen_attention_mask"].shape[1], batch["rejected_attention_mask"].shape[1])
+        return window is None or longest <= window
+
+    def shared_prompt_forward(self, model, batch: dict[str, Any]):
+        """`concatenated_forward` with each pair packed as one [prompt, chosen, rejected] segment (`share_prompt`).
+
+        Selects exactly the tokens TRL's loss reads, by their position t in the pair's own (unpadded) sequence, and
+        predicts token t from the hidden state of position t - 1 of the same sequence, wherever that sits in the
+        packed row (`PackedGroups.index`): the NLL over every real chosen token after the first (TRL: labels =
+        input_ids where attention_mask == 1, shifted by one), and the mean log-prob over the answer tokens
+        (labels != -100) of both sequences. Needs right-padded rows (checked by the caller).
+        To backpropagate outside `training_step`, open `self.kernels()` around forward AND backward: checkpointed
+        layers rerun their forward during the backward pass and need the prefix-sharing attention there too.
+        """
+        device = self.accelerator.device
+        c_ids, c_mask, c_lab = (batch[f"chosen_{k}"].cpu() for k in ("input_ids", "attention_mask", "labels"))
+        r_ids, r_mask, r_lab = (batch[f"rejected_{k}"].cpu() for k in ("input_ids", "attention_mask", "labels"))
+        n = c_ids.shape[0]
+        c_len, r_len = c_mask.sum(1).tolist(), r_mask.sum(1).tolist()
+        groups = [[c_ids[i, :c_len[i]].tolist(), r_ids[i, :r_len[i]].tolist()] for i in range(n)]
+        backend = resolve_backend(self.share_prompt_backend, self.accelerator.device)
+        packed = pack_groups(groups, pad_id=self.padding_value, pack_multiple=self.pack_multiple,
+                             row_tokens=row_tokens_for(backend))
+        self.last_packed_tokens = packed.input_ids.numel()  # tokens the decoder runs (benchmarks read it)
+
+        hidden_idx, targets, rows, in_nll, in_logp = [], [], [], [], []
+        for i in range(n):
+            for k, (length, ids, lab) in enumerate(((c_len[i], c_ids[i], c_lab[i]), (r_len[i], r_ids[i], r_lab[i]))):
+                t = torch.arange(1, length)  # token t, predicted at position t - 1
+                answer = lab[1:length] != -100
+                keep = torch.ones_like(answer) if k == 0 else answer  # chosen: every real token (NLL)
+                hidden_idx.append(packed.index[2 * i + k][t - 1][keep])
+                targets.append(ids[1:length][keep])
+                rows.append(torch.full((int(keep.sum()),), i + k * n))
+                in_nll.append(torch.full((int(keep.sum()),), k == 0))
+                in_logp.append(answer[keep])
+        cat = lambda xs: torch.cat(xs).to(device, non_blocking=True)  # noqa: E731
+        hidden_idx, targets, rows, in_nll, in_logp = map(cat, (hidden_idx, targets, rows, in_nll, in_logp))
+
+        decoder, head = decoder_and_head(model)
+        packed = packed.to(device)
+        hidden = self._packed_states(model, decoder, packed, backend)  # [rows * width, H]
+        tok = token_logps(hidden[hidden_idx], autocast_weight(head.weight), targets, self.logits_chunk)
+
+        chosen_nll_loss = -(tok * in_nll).sum() / in_nll.sum()
+        sums = torch.zeros(2 * n, device=tok.device, dtype=tok.dtype).index_add(0, rows, tok * in_logp)
+        counts = torch.zeros(2 * n, device=tok.device, dtype=tok.dtype).index_add(0, rows, in_logp.to(tok.dtype))
+        all_logps = sums / counts
+
+        with torch.no_grad():  # logged only: mean logit over the real tokens of each sequence (no pads here)
+            pos_mean = hidden.float() @ head.weight.float().mean(0)
+            if getattr(head, "bias", None) is not None:
+                pos_mean = pos_mean + head.bias.float().mean()
+            chosen_mean = torch.cat([pos_mean[packed.index[2 * i]] for i in range(n)]).mean()
+            rejected_mean = torch.cat([pos_mean[packed.index[2 * i + 1]] for i in range(n)]).mean()
+        return all_logps[:n], all_logps[n:], chosen_mean, rejected_mean, chosen_nll_loss
 
 
 __all__ = ["FastORPOTrainer", "LengthGroupedPairSampler", "pair_length"]

@@ -5,6 +5,11 @@
 log-probs of the answer tokens: we sort sequences by length, pack them into batches of a token budget, run the
 decoder without an attention mask (exact for right padding, and it lets SDPA use its fused causal kernel), and apply
 the lm_head only at answer positions, a chunk of rows at a time.
+
+With `share_prompt=True` answers to the same prompt are scored in one packed, padding-free segment
+[prompt, answer 1, answer 2, ...] (helpers.prefix_sharing): score chosen and rejected in ONE call
+(`mean_answer_logps(model, tok, prompts + prompts, chosen + rejected, share_prompt=True)`) and each prompt is
+computed once instead of twice.
 """
 
 from __future__ import annotations
@@ -98,15 +103,21 @@ def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[i
 
 @torch.no_grad()
 def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size: int | None = None,
-                      max_batch_tokens: int = 16384, logits_chunk: int = 8192) -> list[float]:
+                      max_batch_tokens: int = 16384, logits_chunk: int = 8192, share_prompt: bool = False,
+                      share_prompt_backend: str = "auto") -> list[float]:
     """Mean per-token log-prob of each answer given its prompt (answer tokens only, EOS included).
 
     This is exactly the quantity ORPO's odds ratio and its logged "rewards" (beta x this) are built from.
     Sequences are sorted by length and packed into batches of at most `max_batch_tokens` padded tokens (and at most
     `batch_size` sequences, if given); half-precision models run under autocast in their own dtype, so fp32 LoRA
     weights and fp32 norms do not drag every activation into fp32; attention and LoRA use helpers.kernels.
+
+    share_prompt: answers whose prompts tokenize identically are packed together, the prompt computed once (see the
+    module docstring); rows are packed up to `max_batch_tokens` real tokens, no padding. Same scores.
     """
     encoded = encode_answers(tokenizer, prompts, answers)
+    if share_prompt:
+        return _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chunk, share_prompt_backend)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # longest first: OOM shows at once
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -140,6 +151,63 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
             means = (sums / (labels != -100).sum(1).clamp(min=1)).tolist()  # one transfer per batch
             for row, i in enumerate(idx):
                 result[i] = means[row]
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chunk, backend) -> list[float]:
+    """mean_answer_logps(share_prompt=True): groups of answers to one prompt, packed into padding-free rows."""
+    from .prefix_sharing import (common_prefix_len, pack_groups, prefix_sharing_attention, resolve_backend,
+                                 row_tokens_for, run_packed_decoder)
+
+    groups: dict[tuple, list[int]] = {}
+    for i, (seq, prompt_len) in enumerate(encoded):
+        groups.setdefault(tuple(seq[:prompt_len]), []).append(i)
+    def packed_len(members):
+        seqs = [encoded[i][0] for i in members]
+        p = common_prefix_len(seqs)
+        return p + sum(len(s) - p for s in seqs)
+    sized = sorted(((packed_len(m), m) for m in groups.values()), key=lambda x: -x[0])  # longest first: OOM at once
+    rows, row, used = [], [], 0
+    for size, members in sized:
+        if row and used + size > max_batch_tokens:
+            rows.append(row)
+            row, used = [], 0
+        row.append(members)
+        used += size
+    if row:
+        rows.append(row)
+
+    device = next(model.parameters()).device
+    backend = resolve_backend(backend, device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    decoder, head = decoder_and_head(model)
+    dtype = compute_dtype_of(model)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    result = [math.nan] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        for row in rows:
+            order = [i for members in row for i in members]  # sequence k of the packed row = encoded[order[k]]
+            packed = pack_groups([[encoded[i][0] for i in members] for members in row], pad_id=pad,
+                                 pack_multiple=128 if backend == "flex" else 1, row_tokens=row_tokens_for(backend))
+            hidden_idx, targets, which = [], [], []
+            for k, i in enumerate(order):
+                seq, prompt_len = encoded[i]
+                t = torch.arange(max(prompt_len, 1), len(seq))  # answer tokens, each predicted at t - 1
+                hidden_idx.append(packed.index[k][t - 1])
+                targets.append(torch.tensor(seq)[t])
+                which.append(torch.full((len(t),), k))
+            hidden_idx, targets, which = (torch.cat(x).to(device) for x in (hidden_idx, targets, which))
+            with autocast, attention_backends(), fused_lora(model), prefix_sharing_attention(model):
+                hidden = run_packed_decoder(decoder, packed.to(device), backend)
+                tok = token_logps(hidden[hidden_idx], autocast_weight(head.weight), targets, logits_chunk)
+            sums = torch.zeros(len(order), device=tok.device, dtype=torch.float64).index_add_(0, which, tok.double())
+            counts = torch.bincount(which, minlength=len(order)).clamp(min=1)
+            for k, mean in enumerate((sums / counts).tolist()):
+                result[order[k]] = mean
     finally:
         model.train(was_training)
     return result

@@ -161,3 +161,23 @@ def test_scoring_bound_counts_mistral_7b_and_the_eval_pairs(bench):
     assert bound["floor_seconds_as_scored"] == pytest.approx(floor, abs=0.05)
     assert bound["max_speedup_as_scored"] == pytest.approx(100.0 / floor, rel=1e-2)
     assert bench.scoring_bound({"eval": None}) == {}
+
+
+def test_pair_token_counts_and_ceiling_fraction(bench):
+    """real = non-pad tokens of both rows; needed = each pair's common prefix once; head = the positions the loss
+    reads logits at (chosen: every token after the first; rejected: answer tokens)."""
+    c = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 3, 4, 2, 0, 0]])
+    r = torch.tensor([[1, 5, 6, 9, 9, 2], [1, 3, 8, 2, 0, 0]])
+    inputs = {"chosen_input_ids": c, "rejected_input_ids": r, "chosen_attention_mask": (c != 0).long(),
+              "rejected_attention_mask": (r != 0).long(),
+              "rejected_labels": torch.tensor([[-100, -100, -100, 9, 9, 2], [-100, -100, 8, 2, -100, -100]])}
+    real, needed, head = bench.pair_token_counts(inputs)
+    assert real == 5 + 6 + 4 + 4
+    assert needed == real - 3 - 2  # common prefixes [1 5 6] and [1 3]
+    assert head == (4 + 3) + (3 + 2)
+    run = {"needed_tokens": 1000, "lm_head_positions": 500, "seconds": 2.0}
+    cfg = bench.MISTRAL_7B
+    got = bench.ceiling_fraction(run, cfg, 800.0)
+    flops = 4 * bench.linear_params(cfg) * 1000 + 4 * cfg["vocab_size"] * cfg["hidden_size"] * 500
+    assert got["ceiling_fraction"] == pytest.approx(flops / 2.0 / 800e12, abs=1e-3)
+    assert bench.ceiling_fraction(run, cfg, None) == {}
