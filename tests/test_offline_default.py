@@ -245,7 +245,7 @@ def test_resolve_passes_hub_ids_through():
 # ---------------------------------------------------------------- the built model (slow)
 @pytest.fixture(scope="session")
 def offline_default():
-    """Built once per session (about 3 minutes on a 2-core CPU, then cached on disk)."""
+    """Built once per session (about 5 minutes on a 2-core CPU, then cached on disk)."""
     return od.ensure_offline_default(seed=0)
 
 
@@ -279,8 +279,8 @@ def test_base_model_knows_both_behaviours_and_leaves_room_to_improve(offline_def
     answers = od.greedy_answers(model, tokenizer, test["prompt"])
     success = sum(check_answer(p, a) for p, a in zip(test["prompt"], answers)) / len(test)
     # Room to improve: the pretraining text shows the rejected reply twice as often as the chosen one. Measured
-    # 10-35% over seeds 0-2 (v10). Not a broken model: nearly every greedy answer (97-100% measured) is exactly the
-    # chosen or the rejected reply, also on these unseen task instances.
+    # 13.3% / 18.0% / 14.7% for seeds 0-2 (v10). Not a broken model: nearly every greedy answer (92.7% / 96.0% /
+    # 100% measured) is exactly the chosen or the rejected reply, also on these unseen task instances.
     assert 0.05 <= success <= 0.5, success
     known = [a.strip() in (row["chosen"][1]["content"], row["rejected"][1]["content"]) for a, row in zip(answers, test)]
     assert sum(known) / len(known) >= 0.85
