@@ -22,9 +22,8 @@ list as written. The offline default keeps its held-out test instances out of tr
 pretraining by this key, not by prompt text.
 
 Operands are single digits, separated by spaces; the offline default's tokenizer gives every digit its own
-token (the same id in the prompt and in the answer), so "find the largest" is a comparison of ten tokens the
-model can learn to generalise, not a lookup of memorised numbers (two-digit numbers would be 90 more tokens to
-compare by memorisation). `larger` / `smaller` ask about 2 to 4 digits: with pairs only (45 instances) a held-out
+token (the same id in the prompt and in the answer), so "find the largest" compares ten tokens (two-digit numbers
+would be 90 more tokens whose order the model would have to memorise). `larger` / `smaller` ask about 2 to 4 digits: with pairs only (45 instances) a held-out
 set of 10 pairs left 35 to learn from; sets of 2-4 digits give 375 instances.
 (A `reverse the
 letters` family was tried and dropped: a 2-layer model pretrained for ~2 minutes could neither

@@ -180,8 +180,8 @@ def test_same_texts_give_identical_tokenizer_and_ids(examples, tokenizer):
 
 
 def test_a_digit_is_one_and_the_same_token_in_the_prompt_and_in_the_answer(tokenizer):
-    """What lets the tiny model copy and compare digits of unseen lists (v9's plain BPE had " 5" in the prompt and
-    "5" in the answer: two unrelated ids, and the base could not copy a digit even on training prompts)."""
+    """Copying a digit from the prompt into the answer is copying a token (plain byte-level BPE had " 5" in the
+    prompt and "5" in the answer: two unrelated ids)."""
     digit_ids = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
     assert tokenizer.unk_token_id not in digit_ids and len(set(digit_ids)) == 10
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Sort ascending: 5 2 9 10"},
