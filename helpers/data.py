@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .chat import prompt_and_answer_texts, trl_tokens
 from .offline_default import OFFLINE_DATASET_ID, ensure_offline_default
-from .tasks import parse as parse_task
+from .tasks import instance_key
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 ROLES = {"system", "user", "assistant"}
@@ -106,15 +106,15 @@ def _split_names(dataset_id: str, seed: int) -> list[str] | None:
 def split_key(prompt: list[dict]) -> str:
     """What "the same prompt" means for keeping train, validation and test apart.
 
-    For a checkable task of the offline default it is the task *instance* (family + operands), so "Sort
-    ascending: 3 1 2" and "Arrange from smallest to largest: 3 1 2" count as one prompt; otherwise the prompt's
-    text (every turn, whitespace normalized).
+    For a checkable task of the offline default it is the task *instance* (`tasks.instance_key`: family +
+    operands), so "Sort ascending: 3 1 2" and "Arrange from smallest to largest: 3 1 2" count as one prompt, and
+    so do "Which is larger, 7 or 3?" and "Pick the larger number: 3 or 7."; otherwise the prompt's text (every
+    turn, whitespace normalized).
     """
     last = prompt[-1]["content"] if prompt else ""
-    parsed = parse_task(last) if isinstance(last, str) else None
-    if parsed:
-        family, operands = parsed
-        return f"task:{family.name}:" + ";".join(f"{k}={v}" for k, v in sorted(operands.items()))
+    key = instance_key(last) if isinstance(last, str) else None
+    if key:
+        return f"task:{key}"
     return "text:" + " ".join(" ".join(str(m["content"]).split()) for m in prompt)
 
 

@@ -6,8 +6,10 @@ No Hub access is needed: `ensure_offline_default()` builds, deterministically fr
 2. a byte-level BPE tokenizer trained with `tokenizers` on the pretraining text, carrying the series'
    chat template (`helpers.chat.CHAT_TEMPLATE`);
 3. a ~0.5M-parameter `MistralForCausalLM`, pretrained from random init on prompts followed by the
-   chosen AND the rejected reply equally often: like a base model it has seen both behaviours and
-   prefers neither, which is what ORPO then has to fix.
+   chosen AND the rejected reply (the rejected one twice as often): like a base model it has seen both
+   behaviours and leans to the wrong one, which is what ORPO then has to fix.
+The held-out test set is held out by task *instance* (`tasks.instance_key`), not by prompt text: no
+training or pretraining prompt asks for a test instance, in any wording.
 Both are saved with `save_pretrained` / `save_to_disk`, so notebooks 02-05 load them through the same
 `from_pretrained(..., quantization_config=...)` and `load_from_disk` code as the real ones.
 
@@ -31,18 +33,31 @@ from pathlib import Path
 import torch
 
 from helpers.chat import CHAT_TEMPLATE
-from helpers.tasks import FAMILIES, SCORE_CHOSEN, check_answer, make_example
+from helpers.tasks import FAMILIES, SCORE_CHOSEN, check_answer, instance_key_of, make_example
 
 OFFLINE_MODEL_ID = "offline:tiny-mistral"
 OFFLINE_DATASET_ID = "offline:ultrafeedback-tiny"
-BUILD_VERSION = "v8"  # bump whenever a change below alters the built data or model
+BUILD_VERSION = "v10"  # bump whenever a change below alters the built data or model
 
-# Per family: held-out test pairs, training pairs, and the size of the pretraining prompt pool
-# (training prompts + extra ones; never a test prompt). Small families simply yield fewer extras.
-N_TEST, N_TRAIN, N_PRETRAIN_POOL = 30, 200, 1200
+# Per family: N_TEST held-out test prompts, drawn first as N_TEST_INSTANCES task instances (family + operands,
+# `tasks.instance_key`), N_TEST // N_TEST_INSTANCES prompts each; then N_TRAIN training pairs and a pretraining prompt
+# pool (the training prompts + extra ones), both only of instances that are NOT test instances (in no wording, and for
+# `larger` / `smaller` in no order). ~1100 training pairs: notebook 02 carves 100 for validation and keeps 1000.
+N_TEST = 30
+N_TEST_INSTANCES = {"sort": 30, "count": 30, "larger": 30, "smaller": 30, "first": 30}
+N_TRAIN = {"sort": 220, "count": 220, "larger": 220, "smaller": 220, "first": 220}
+N_PRETRAIN_POOL = 2400  # fewer repeats of each prompt: less memorising of seen instances
 VOCAB_SIZE = 1000  # requested; a ~512 vocab splits words into letters and caps what the model learns
 MODEL_MAX_LENGTH = 256
-PRETRAIN = dict(steps=1500, batch_size=64, lr=3e-3, warmup=100, log_every=150)
+# Measured with benchmarks/offline_default_seeds.py (test instances unseen in training AND pretraining). The v9 build
+# (1,500 steps, ~800 pretraining prompts per family; seed 0 reported 14.7% -> 26.0% task success) could not even copy
+# the first digit of a TRAINING prompt when made to answer with a digit (20-35% on first/larger/smaller/sort). With
+# 3,000 steps and a 2,400-prompt pool per family (many distinct instances, few repeats of each) seeds 0-2 reach
+# 97-99% (benchmarks/results/offline_default_seeds.json); which of the two matters more was not measured. Twice as
+# much rejected as chosen text keeps the base low (v9 measured 61-75% base success with equal amounts, too little
+# left for ORPO to show): here 13-18%.
+PRETRAIN = dict(steps=3000, batch_size=64, lr=3e-3, warmup=100, log_every=150)
+REJECTED_PER_CHOSEN = 2.0  # how often the pretraining text shows a prompt's rejected reply per chosen one
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0-2 as in Mistral; a dedicated pad at 3
 
 
@@ -57,34 +72,56 @@ class OfflineDefault:
 
 
 # ---------------------------------------------------------------- data (notebook 02 loads it)
-def _unique_examples(fam, rng: random.Random, n: int, exclude: set[str]) -> list[dict]:
-    """Up to n examples whose prompts are new (not in `exclude`); adds their prompts to it."""
+def _new_examples(fam, rng: random.Random, n: int, seen: set[str], blocked: set[str]) -> list[dict]:
+    """Up to n examples with new prompts (not in `seen`, which they join) of instances not in `blocked`."""
     out = []
-    for _ in range(20 * n):  # small families (e.g. 300 possible prompts) run out: that is fine
+    for _ in range(50 * n):  # small families (larger, smaller: 210 free prompts) run out: that is fine
         if len(out) == n:
             break
         ex = make_example(fam, rng)
-        if ex["prompt"] not in exclude:
-            exclude.add(ex["prompt"])
+        if ex["prompt"] not in seen and ex["instance"] not in blocked:
+            seen.add(ex["prompt"])
             out.append(ex)
+    return out
+
+
+def _test_examples(fam, rng: random.Random, seen: set[str]) -> list[dict]:
+    """N_TEST held-out examples: N_TEST_INSTANCES[fam] distinct instances, N_TEST // that many prompts each."""
+    n_instances = N_TEST_INSTANCES[fam.name]
+    instances: dict[str, dict] = {}
+    while len(instances) < n_instances:
+        args = fam.sample(rng)
+        instances.setdefault(instance_key_of(fam, args), args)
+    out = []
+    for args in instances.values():
+        mine = []
+        for _ in range(1000):
+            if len(mine) == N_TEST // n_instances:
+                break
+            ex = make_example(fam, rng, args)
+            if ex["prompt"] not in seen:
+                seen.add(ex["prompt"])
+                mine.append(ex)
+        out += mine
     return out
 
 
 def build_examples(seed: int = 0) -> dict[str, list[dict]]:
     """Train, held-out test and pretraining examples (dicts from `tasks.make_example`).
 
-    Test prompts are drawn first and excluded from everything else, so a held-out prompt never
-    appears in training or pretraining text (the same task may appear in another wording)."""
+    Test *instances* are drawn first and kept out of everything else: no training or pretraining prompt asks
+    for a test instance, in any wording or (for `larger` / `smaller`) in either order."""
     rng = random.Random(seed)
     splits = {"train": [], "test": [], "pretrain": []}
     for fam in FAMILIES:
         seen: set[str] = set()
-        test = _unique_examples(fam, rng, N_TEST, seen)
-        train = _unique_examples(fam, rng, N_TRAIN, seen)
-        assert len(test) == N_TEST and len(train) == N_TRAIN, fam.name
+        test = _test_examples(fam, rng, seen)
+        blocked = {ex["instance"] for ex in test}
+        train = _new_examples(fam, rng, N_TRAIN[fam.name], seen, blocked)
+        assert len(test) == N_TEST and len(train) == N_TRAIN[fam.name], (fam.name, len(test), len(train))
         splits["test"] += test
         splits["train"] += train
-        splits["pretrain"] += train + _unique_examples(fam, rng, N_PRETRAIN_POOL - N_TRAIN, seen)
+        splits["pretrain"] += train + _new_examples(fam, rng, N_PRETRAIN_POOL - len(train), seen, blocked)
     for rows in splits.values():
         rng.shuffle(rows)  # mix the families
     return splits
@@ -121,10 +158,14 @@ def build_preference_data(seed: int = 0):
 
 
 def pretraining_conversations(examples: dict[str, list[dict]]) -> list[list[dict]]:
-    """Each pretraining prompt once with its chosen and once with its rejected reply: the base model
-    sees both behaviours equally often and so starts 'unaligned'."""
-    return [[{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex[key]}]
-            for ex in examples["pretrain"] for key in ("chosen", "rejected")]
+    """Each pretraining prompt once with its chosen reply and REJECTED_PER_CHOSEN times (on average) with its
+    rejected one: the base model has seen both behaviours, the wrong one more often, and so starts 'unaligned'."""
+    out = []
+    for i, ex in enumerate(examples["pretrain"]):
+        n_rejected = math.floor((i + 1) * REJECTED_PER_CHOSEN) - math.floor(i * REJECTED_PER_CHOSEN)
+        out += [[{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex[key]}]
+                for key in ["chosen"] + ["rejected"] * n_rejected]
+    return out
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -136,7 +177,13 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))  # byte-level never needs unk; Mistral has one
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Every digit its own token, split from the space before it: "list 5 2 9" -> ... "Ġ" "5" "Ġ" "2" "Ġ" "9", so a
+    # digit is ONE token id in the prompt and in the answer (which starts after a newline); plain byte-level BPE makes
+    # the prompt's " 5" and the answer's "5" two unrelated ids, and copying a digit then needs a learned lookup.
+    # Measured (seed 0, v10 otherwise unchanged): plain BPE 14.7% -> 98.0% task success, this 14.0% -> 99.3%: a
+    # small help, not what makes held-out instances work (that is the pretraining; see PRETRAIN).
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -281,22 +328,69 @@ def _quiet_progress_bars():
             tf_logging.enable_progress_bar()
 
 
-@contextmanager
-def _threads(n: int):
-    """Use n CPU threads for the build, then restore the caller's setting."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+# ---------------------------------------------------------------- reproducibility
+# The build's floating-point path is pinned, because small rounding differences compound over 3,000 high-learning-
+# rate pretraining steps into a visibly different base model (seen: base success 24.7% on one machine, 32.7% on
+# another, same code and seed). What decides the bits, each measured on a 2-core AMD EPYC (AVX-512) by hashing the
+# weights after 100 pretraining steps:
+# - ATen's vectorized kernels: AVX-512, AVX2 and the plain (default) kernels each give other bits. So the build runs
+#   with ATEN_CPU_CAPABILITY=avx2, which every x86-64 CPU since ~2015 has (same speed here as AVX-512).
+# - MKL's GEMM kernels: MKL_CBWR=COMPATIBLE changed the bits, so MKL is on the path; MKL_CBWR=AVX2 pins it to its
+#   AVX2 kernels (on this AMD CPU it changed nothing: MKL already ran them; an AVX-512 Intel CPU would otherwise
+#   pick others). COMPATIBLE would also cover pre-AVX2 CPUs but made pretraining 1.8x slower.
+# - The thread count: 1 and 2 threads gave identical bits, but with another busy process on the same 2 cores a
+#   2-thread step took 0.3-4.6 s instead of 0.1 s (each thread waits for the other at every sync point). One thread.
+# - torch.use_deterministic_algorithms(True): cheap here, and it fails loudly on an op without a deterministic kernel.
+# ATen reads its capability once per process and MKL reads MKL_CBWR when it starts, so the model is built in a fresh
+# Python process with this environment. Not pinned, hence recorded in build_info: the versions of torch (with its
+# MKL), transformers and tokenizers, and the CPU (an Arm CPU, or one without AVX2, runs other kernels).
+BUILD_THREADS = 1
+
+
+def pinned_environment() -> dict[str, str]:
+    """The environment variables the model build runs under (see above); only the thread count off x86-64 AVX2."""
+    env = {"OMP_NUM_THREADS": str(BUILD_THREADS), "MKL_NUM_THREADS": str(BUILD_THREADS)}
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        env.update(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2")
+    return env
+
+
+def _determinism_record() -> dict:
+    """What decides the built model's bits, for build_info.json (compare it across machines)."""
+    import platform
+
+    import tokenizers
+    import transformers
+
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "MKL_CBWR")
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "environment": {name: os.environ.get(name) for name in names}}
+
+
+def examples_sha256(examples: dict[str, list[dict]]) -> str:
+    """A fingerprint of the generated examples (train, test, pretraining): the same on every machine."""
+    return hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()
+
+
+def weights_sha256(model) -> str:
+    """A fingerprint of the model's weights: the same across machines only where the floating-point path is."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _build_model(out: Path, seed: int, verbose: bool) -> None:
-    """Tokenizer, then the pretrained tiny Mistral, saved (safetensors) with the tokenizer."""
+    """Tokenizer, then the pretrained tiny Mistral, saved (safetensors) with the tokenizer. Call it through
+    `_build_model_pinned` (a fresh process with `pinned_environment()`), or the bits depend on the machine."""
     from transformers import GenerationConfig, MistralForCausalLM
 
     log = print if verbose else (lambda *a, **k: None)
+    torch.set_num_threads(BUILD_THREADS)
+    torch.use_deterministic_algorithms(True)
     examples = build_examples(seed)
     conversations = pretraining_conversations(examples)
     t0 = time.perf_counter()
@@ -305,26 +399,60 @@ def _build_model(out: Path, seed: int, verbose: bool) -> None:
     torch.manual_seed(seed)
     model = MistralForCausalLM(tiny_mistral_config(tokenizer))
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"  model: MistralForCausalLM, {n_params / 1e6:.2f}M parameters, pretraining on "
-        f"{len(conversations)} conversations (chosen and rejected replies equally often)", flush=True)
+    log(f"  model: MistralForCausalLM, {n_params / 1e6:.2f}M parameters, pretraining on {len(conversations)} "
+        f"conversations ({REJECTED_PER_CHOSEN:g} rejected per chosen reply), {torch.get_num_threads()} CPU thread", flush=True)
     t1 = time.perf_counter()
     losses = pretrain(model, tokenizer, conversations, seed=seed, verbose=verbose, **PRETRAIN)
     pretrain_s = time.perf_counter() - t1
-    success = greedy_task_success(model, tokenizer, [e["prompt"] for e in examples["test"]])
-    log(f"  base model greedy success on held-out prompts: {success:.1%}", flush=True)
+    answers = greedy_answers(model, tokenizer, [e["prompt"] for e in examples["test"]])
+    solved = [(e["task"], check_answer(e["prompt"], a)) for e, a in zip(examples["test"], answers)]
+    success = sum(ok for _, ok in solved) / len(solved)
+    per_family = {f.name: sum(ok for t, ok in solved if t == f.name) / sum(t == f.name for t, _ in solved)
+                  for f in FAMILIES}
+    log(f"  base model greedy success on held-out prompts: {success:.1%} ("
+        + ", ".join(f"{name} {rate:.0%}" for name, rate in per_family.items()) + ")", flush=True)
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id, do_sample=False)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     info = {"build_version": BUILD_VERSION, "seed": seed, "parameters": n_params, "vocab_size": len(tokenizer),
             "pretrain": PRETRAIN, "pretrain_seconds": round(pretrain_s, 1), "final_loss": round(losses[-1], 4),
-            "base_greedy_success_test": success}
+            "base_greedy_success_test": success, "base_greedy_success_test_per_family": per_family,
+            "sizes": {split: len(rows) for split, rows in examples.items()},
+            "examples_sha256": examples_sha256(examples), "weights_sha256": weights_sha256(model),
+            "determinism": _determinism_record()}
     (out / "build_info.json").write_text(json.dumps(info, indent=2))
+
+
+def _build_model_pinned(out: Path, seed: int, verbose: bool) -> None:
+    """`_build_model` in a fresh Python process with `pinned_environment()`. Its progress lines are printed here as
+    they come (in a notebook a child process's own output would bypass the cell)."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, **pinned_environment(), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "helpers.offline_default", "--build-model", str(out), "--seed", str(seed)]
+    lines = []
+    with subprocess.Popen(command + ([] if verbose else ["--quiet"]), cwd=root, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as child:
+        try:
+            for line in child.stdout:
+                lines.append(line)
+                if verbose and line.startswith("  "):  # our progress lines; library warnings only if it fails
+                    print(line, end="", flush=True)
+        except BaseException:  # Ctrl-C / an interrupted kernel stops the child too
+            child.kill()
+            raise
+    if child.returncode != 0:
+        raise RuntimeError(f"Building the offline default's model failed (exit code {child.returncode}); its last "
+                           "output:\n" + "".join(lines[-40:]))
 
 
 def ensure_offline_default(seed: int = 0, cache_dir: str | Path | None = None, verbose: bool = True) -> OfflineDefault:
     """Build (data -> tokenizer -> pretrained model) whatever is missing from the cache, and return
-    its paths. The first call takes about 2-3 minutes on a 2-core CPU; later calls are instant."""
+    its paths. The first call takes about 4-5 minutes on a 2-core CPU (one thread); later calls are instant."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = root / f"{BUILD_VERSION}-seed{seed}"
     dataset_dir, model_dir = root / "dataset", root / "model"
@@ -332,11 +460,9 @@ def ensure_offline_default(seed: int = 0, cache_dir: str | Path | None = None, v
     if building:
         print(f"Building the offline default (seed {seed}) in {_shown(root)}", flush=True)
     start = time.perf_counter()
-    # All cores (up to 4): alone on 2 cores, 2 threads pretrain 1.4x faster than 1. But if another busy process
-    # shares the cores, every thread stalls at each sync point (20x slower measured): build while nothing else runs.
-    with _threads(min(4, os.cpu_count() or 1)), _quiet_progress_bars():
+    with _quiet_progress_bars():
         _atomic_build(dataset_dir, lambda out: build_preference_data(seed).save_to_disk(str(out)))
-        _atomic_build(model_dir, lambda out: _build_model(out, seed, verbose))
+    _atomic_build(model_dir, lambda out: _build_model_pinned(out, seed, verbose))
     if building:
         print(f"Offline default ready in {time.perf_counter() - start:.0f}s: {_shown(root)}", flush=True)
     info = json.loads((model_dir / "build_info.json").read_text())
@@ -350,3 +476,21 @@ def resolve(id_or_path: str, seed: int = 0, cache_dir: str | Path | None = None)
         return id_or_path
     built = ensure_offline_default(seed=seed, cache_dir=cache_dir)
     return str(built.model_dir if id_or_path == OFFLINE_MODEL_ID else built.dataset_dir)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """`python -m helpers.offline_default --build-model DIR --seed N`: what `_build_model_pinned` runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build-model", type=Path, required=True, help="folder to write the model + tokenizer to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    with _quiet_progress_bars():
+        _build_model(args.build_model, args.seed, verbose=not args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

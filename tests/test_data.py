@@ -177,6 +177,10 @@ def test_offline_default_prompts_are_the_same_task_instance_whatever_the_wording
     assert split_key(p("Sort ascending: 3 1 2")) == split_key(p("Arrange from smallest to largest: 3 1 2"))
     assert split_key(p("Sort ascending: 3 1 2")) != split_key(p("Sort ascending: 3 2 1"))
     assert split_key(p("Hello   there")) == split_key(p("Hello there"))
+    # larger / smaller ask about a set of numbers: any order and any wording (pair or list) is one instance
+    assert split_key(p("Which is larger, 7 or 3?")) == split_key(p("Pick the larger number: 3 or 7.")) \
+        == split_key(p("Which is the largest of 3 7?"))
+    assert split_key(p("Which is larger, 7 or 3?")) != split_key(p("Which is smaller, 7 or 3?"))
     train = Dataset.from_list([{"prompt": p("Which is larger, 7 or 3?")}, {"prompt": p("Which is larger, 2 or 9?")}])
     test = Dataset.from_list([{"prompt": p("Pick the larger number: 7 or 3.")}])
     kept, dropped = drop_shared_prompts(train, test)

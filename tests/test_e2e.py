@@ -1,11 +1,10 @@
 """End to end: the README's quickstart `bash tasks.sh run` executes 01 -> 05 on the offline default, and ORPO must
 measurably work.
 
-Thresholds: held-out (test split) reward accuracy >= 0.95, a larger mean margin, and more held-out tasks solved
-than the base model. The earlier promise (task success >= 95%, +40 points) was measured on a test set whose task
-instances also appeared in training; with train / validation / test now disjoint by task instance, seed 0 gave
-95.3% and 48.0% tuned task success on two runs that differed only in the order of training batches, so that number
-is not a promise this tiny default can keep (README, "Measured results").
+Thresholds (issue 11): on the test split, whose task instances occur in no training, validation or pretraining
+prompt, tuned greedy task success >= 95% and >= 40 points above the base model, tuned reward accuracy >= 0.95 and a
+larger mean margin. Measured with the offline default v10 (benchmarks/results/offline_default_seeds.json, 2-core
+CPU): seeds 0 / 1 / 2 gave 14.0% -> 99.3%, 18.7% -> 97.3%, 16.7% -> 99.3%, reward accuracy >= 0.993.
 """
 
 import json
@@ -46,7 +45,7 @@ def test_tuned_model_beats_base_by_the_promised_margins(finished_run):
     assert tuned["reward_accuracy"] >= 0.95, tuned
     assert tuned["reward_accuracy"] > base["reward_accuracy"]
     assert tuned["mean_margin"] > base["mean_margin"]
-    assert success["tuned"] > success["base"], success
+    assert success["tuned"] >= 0.95 and success["tuned"] - success["base"] >= 0.40, success
 
 
 def test_training_log_is_complete_and_finite(finished_run):
