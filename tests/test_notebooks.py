@@ -29,6 +29,18 @@ def test_exactly_one_parameters_cell_with_run_name(path):
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter(path):
+    """`papermill --help-notebook` (a README command) lists each parameter; a line it cannot parse (an `=` inside
+    the comment did that to notebook 04's num_processes) is silently missing from the help."""
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in load(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    source = "".join(cell["source"])
+    assigned = re.findall(r"^(\w+)\s*(?::[^=]*)?=", source, re.M)
+    assert [p.name for p in PythonTranslator.inspect({"source": source})] == assigned
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
 def test_committed_state_is_clean(path):
     text = path.read_text()
     nb = json.loads(text)
