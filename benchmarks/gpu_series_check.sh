@@ -13,23 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export GPU_CHECK_STARTED="${GPU_CHECK_STARTED:-$(date +%s)}"  # the script's --deadline-s counts from here
 
-# The carried wheels, installed exactly as ../shared/tools/gpu-wheels.sh says (skipped when this warm machine
-# already has the same ones).
-if compgen -G ".whl/*.whl" >/dev/null; then
-  stamp=$(ls -l .whl/*.whl | sha256sum | cut -c1-16)
-  if [ "$(cat /tmp/site/.gpu-check-wheels 2>/dev/null)" != "$stamp" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      || { echo "gpu_series_check.sh: installing .whl/ failed" >&2; exit 2; }
-    echo "$stamp" > /tmp/site/.gpu-check-wheels
-  fi
-  export PYTHONPATH=/tmp/site
-  python3 -m ipykernel install --user --name python3 >/dev/null \
-    || { echo "gpu_series_check.sh: installing the python3 Jupyter kernel failed" >&2; exit 2; }
-else
-  echo "gpu_series_check.sh: no .whl/ here: using the installed packages"
-fi
-# The repo's helpers for the runner and this script (the notebooks add the repo root themselves).
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+source benchmarks/device_wheels.sh || exit 2  # carried wheels, Jupyter kernel, PYTHONPATH
 echo "wheels ready after $(( $(date +%s) - GPU_CHECK_STARTED )) s"
 
 # --deadline-s 570: nothing new starts, and a running step is stopped, so that the result is written before the

@@ -15,7 +15,7 @@ computed once instead of twice.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,23 @@ def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[i
     return [trl_tokens(tokenizer, *texts[i], full_ids=ids[n + i], prompt_ids=ids[i]) for i in range(n)]
 
 
+@contextmanager
+def _scoring_session(model, tokenizer):
+    """What both scorers need: (device, pad id, decoder, lm_head, autocast in the model's own dtype), with the model
+    in eval mode until the block ends (then its previous mode is restored)."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    decoder, head = decoder_and_head(model)
+    dtype = compute_dtype_of(model)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    was_training = model.training
+    model.eval()
+    try:
+        yield device, pad, decoder, head, autocast
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size: int | None = None,
                       max_batch_tokens: int = 16384, logits_chunk: int = 8192, share_prompt: bool = False,
@@ -119,15 +136,8 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
     if share_prompt:
         return _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chunk, share_prompt_backend)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # longest first: OOM shows at once
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    decoder, head = decoder_and_head(model)
-    dtype = compute_dtype_of(model)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     result = [math.nan] * len(encoded)
-    was_training = model.training
-    model.eval()
-    try:
+    with _scoring_session(model, tokenizer) as (device, pad, decoder, head, autocast):
         start = 0
         while start < len(order):
             width = len(encoded[order[start]][0])  # the longest of this batch (sorted)
@@ -151,8 +161,6 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
             means = (sums / (labels != -100).sum(1).clamp(min=1)).tolist()  # one transfer per batch
             for row, i in enumerate(idx):
                 result[i] = means[row]
-    finally:
-        model.train(was_training)
     return result
 
 
@@ -179,16 +187,9 @@ def _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chu
     if row:
         rows.append(row)
 
-    device = next(model.parameters()).device
-    backend = resolve_backend(backend, device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    decoder, head = decoder_and_head(model)
-    dtype = compute_dtype_of(model)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     result = [math.nan] * len(encoded)
-    was_training = model.training
-    model.eval()
-    try:
+    with _scoring_session(model, tokenizer) as (device, pad, decoder, head, autocast):
+        backend = resolve_backend(backend, device)
         for row in rows:
             order = [i for members in row for i in members]  # sequence k of the packed row = encoded[order[k]]
             packed = pack_groups([[encoded[i][0] for i in members] for members in row], pad_id=pad,
@@ -208,8 +209,6 @@ def _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chu
             counts = torch.bincount(which, minlength=len(order)).clamp(min=1)
             for k, mean in enumerate((sums / counts).tolist()):
                 result[order[k]] = mean
-    finally:
-        model.train(was_training)
     return result
 
 

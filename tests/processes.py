@@ -1,6 +1,23 @@
 """Killing a run the way a preemption does (tests/test_resume.py, tests/test_gpu_paths_on_cpu.py)."""
 
+import os
+import subprocess
+import time
+from pathlib import Path
+
 import psutil
+
+
+def start_until(command: list[str], marker: Path, timeout: float = 900) -> subprocess.Popen:
+    """Start `command` (the runner) in its own session and return it once `marker` (a checkpoint's trainer_state.json)
+    exists; fail with the runner's output if it ended first."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=os.environ.copy())
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), proc.stdout.read()[-3000:] if proc.poll() is not None else f"no {marker.parent.name} appeared"
+    return proc
 
 
 def kill_like_a_preemption(proc) -> None:

@@ -14,11 +14,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from processes import start_until
 
 from helpers import distributed, runner
 from helpers.profiles import ParameterError, cpu_rehearsal, resolve_config
@@ -87,13 +87,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch():
 def test_a_killed_notebook_stops_its_processes_and_the_rerun_resumes_with_two():
     run = outputs_root() / "ddp-kill"
     command = [sys.executable, "-m", "helpers.runner", *args_for("ddp-kill", 2, max_steps=40)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=os.environ.copy())
-    first = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
-    deadline = time.time() + 900
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert first.exists(), proc.stdout.read()[-3000:] if proc.poll() is not None else "no checkpoint appeared"
+    proc = start_until(command, run / "checkpoints" / "checkpoint-4" / "trainer_state.json")
     workers = launched_processes()
     assert len(workers) >= 2, "the launched training processes were not found"
     # Kill only the kernel (the notebook), as a crashed or closed Jupyter would: its processes must stop by themselves.

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from processes import kill_like_a_preemption
+from processes import kill_like_a_preemption, start_until
 
 from helpers import runner
 from helpers.profiles import GPU_PROFILES, cpu_rehearsal
@@ -52,13 +52,7 @@ def test_h100_settings_survive_a_kill_mid_training_and_resume():
     run = outputs_root() / "rehearse-h100"
     # 40 steps: on a fast machine 12 tiny steps end before the kill lands, and the rerun has nothing to resume
     command = [sys.executable, "-m", "helpers.runner", *runner_args("h100", max_steps=40)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=os.environ.copy())
-    first = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
-    deadline = time.time() + 900
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert first.exists(), proc.stdout.read()[-3000:] if proc.poll() is not None else "no checkpoint appeared"
+    proc = start_until(command, run / "checkpoints" / "checkpoint-4" / "trainer_state.json")
     time.sleep(0.5)
     kill_like_a_preemption(proc)  # the runner and its kernel, like a preempted GPU
     assert not (run / "eval.json").exists()
