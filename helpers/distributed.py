@@ -23,12 +23,14 @@ Used by notebook 04 (`num_processes`), tests/test_distributed.py and benchmarks/
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -129,23 +131,16 @@ def launch_training(parameters: dict, num_processes: int, notebook: Path = NOTEB
                                      f"{returncode}). Last lines of its output:\n" + "\n".join(tail))
 
 
-class _parameters_file:
+@contextlib.contextmanager
+def _parameters_file(parameters: dict):
     """A temporary JSON file with the parameter values (outside the run directory: rank 0 alone writes there)."""
-
-    def __init__(self, parameters: dict):
-        self.parameters = parameters
-
-    def __enter__(self) -> Path:
-        import tempfile
-
-        fd, name = tempfile.mkstemp(prefix="orpo-launch-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.parameters, f)
-        self.path = Path(name)
-        return self.path
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+    fd, name = tempfile.mkstemp(prefix="orpo-launch-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(parameters, f)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------- the process side
