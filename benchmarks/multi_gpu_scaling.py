@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-check"))
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts (default %(default)s)")
     parser.add_argument("--fsdp", action="store_true", help="also one FSDP-QLoRA run on the largest process count")
+    parser.add_argument("--fsdp-only", action="store_true", help="only the FSDP-QLoRA run (its own device call when "
+                        "DDP and FSDP together don't fit one)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run (default %(default)s)")
     parser.add_argument("--profile", default="h100")
     parser.add_argument("--small", action="store_true", help="tiny model on the CPU (gloo): a smoke test")
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
         except ImportError:
             result["versions"][name] = None
     result["build"] = build = ensure_build(args.work, args.small)
-    plan = [(n, "ddp") for n in counts] + ([(max(counts), "fsdp")] if args.fsdp else [])
+    plan = [] if args.fsdp_only else [(n, "ddp") for n in counts]
+    plan += [(max(counts), "fsdp")] if args.fsdp or args.fsdp_only else []
     started = float(os.environ.get("GPU_CHECK_STARTED") or time.time())
     for n, strategy in plan:
         if args.deadline_s and time.time() - started > args.deadline_s - args.min_run_s:
