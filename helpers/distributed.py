@@ -236,6 +236,58 @@ def main(argv: list[str]) -> None:
         check_replicas_agree(namespace["trainer"].model)
 
 
+def prepare_fsdp_qlora(trainer, storage_dtype) -> int:
+    """Notebook 04 with `distributed fsdp`, after the trainer is built and before `train()` wraps the model.
+
+    FSDP (use_orig_params false) flattens the parameters of each wrapped block into ONE tensor, which needs ONE dtype.
+    Two things break that for a QLoRA model as TRL prepares it: the LoRA adapters are float32 (PEFT upcasts them for
+    stable updates) and the norms are float32 (TRL upcasts them for QLoRA), while the packed 4-bit weights are stored
+    in `storage_dtype` (notebook 03's bnb_4bit_quant_storage). Measured on 2 H100s: "Must flatten tensors with uniform
+    dtype but got torch.bfloat16 and torch.float32". So: PEFT's wrap policy gives every LoRA layer its own unit (they
+    stay float32), and the frozen float32 parameters go back to `storage_dtype`. Then every unit is checked here, with
+    one clear error instead of FSDP's deep one. Returns how many parameters were cast.
+    """
+    from peft.utils.other import fsdp_auto_wrap_policy
+
+    policy = fsdp_auto_wrap_policy(trainer.model)
+    trainer.accelerator.state.fsdp_plugin.auto_wrap_policy = policy
+    cast = cast_frozen_float32(trainer.model, storage_dtype)
+    mixed = {unit: dtypes for unit, dtypes in fsdp_unit_dtypes(trainer.model, policy).items() if len(dtypes) > 1}
+    if mixed:
+        raise ValueError(f"FSDP needs one dtype per wrapped block, but these mix dtypes: {mixed}. A model with other "
+                         "float32 parameters needs them cast too; or train it with `-p distributed ddp`.")
+    return cast
+
+
+def cast_frozen_float32(model, dtype) -> int:
+    """Casts the frozen float32 parameters (norms, embeddings) to `dtype`; trainable ones keep their precision."""
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if not param.requires_grad and param.dtype == torch.float32 and dtype != torch.float32:
+            param.data = param.data.to(dtype)
+            cast += 1
+    return cast
+
+
+def fsdp_unit_dtypes(model, policy) -> dict[str, set]:
+    """The dtypes of the parameters FSDP would flatten together under the auto-wrap `policy`: each wrapped module
+    (and the root) owns its parameters except those of wrapped modules inside it, as torch's recursive wrap does."""
+    units: dict[str, set] = {}
+
+    def visit(module, unit: str, prefix: str) -> None:
+        for param in module.parameters(recurse=False):
+            units.setdefault(unit, set()).add(param.dtype)
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            wrapped = policy(module=child, recurse=False, nonwrapped_numel=0)
+            visit(child, path if wrapped else unit, path)
+
+    visit(model, "(root)", "")
+    return units
+
+
 def check_replicas_agree(model) -> float:
     """After training, every process must hold the same LoRA weights: that is what DDP's gradient averaging
     guarantees, and what breaks silently when a forward pass bypasses the DDP wrapper. Raises if they differ."""

@@ -173,3 +173,41 @@ def test_one_process_on_a_multi_gpu_machine_keeps_its_batch(tmp_path):
     torch.manual_seed(0)
     assert trainer_batch(fix=False) == 32  # 2 x 16 pairs per step on one GPU: what the first H100 x2 run did
     assert trainer_batch(fix=True) == 16
+
+
+def test_fsdp_qlora_gets_one_dtype_per_wrapped_block(tmp_path):
+    """FSDP-QLoRA's first GPU run stopped at wrapping: "Must flatten tensors with uniform dtype but got torch.bfloat16
+    and torch.float32". Rebuilt on the CPU: a bf16-stored 4-bit model prepared by TRL's ORPOTrainer for QLoRA mixes
+    dtypes inside the blocks FSDP would flatten; after notebook 04's fix every block has one, LoRA stays float32."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from peft.utils.other import fsdp_auto_wrap_policy
+    from test_fast_orpo import _pairs, _tokenizer
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, MistralConfig, MistralForCausalLM
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    MistralForCausalLM(MistralConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                                     pad_token_id=0)).to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)  # notebook 03
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", quantization_config=bnb, dtype=torch.bfloat16,
+                                                 device_map="cpu")
+    args = ORPOConfig(output_dir=str(tmp_path / "out"), bf16=True, use_cpu=True, max_length=64, report_to="none",
+                      gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
+    trainer = ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_pairs()), processing_class=_tokenizer(),
+                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    policy = fsdp_auto_wrap_policy(trainer.model)
+    before = distributed.fsdp_unit_dtypes(trainer.model, policy)
+    assert any(len(dtypes) > 1 for dtypes in before.values()), before  # what FSDP refused on the GPU
+    trainable = {n: p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    assert distributed.cast_frozen_float32(trainer.model, torch.bfloat16) > 0
+    after = distributed.fsdp_unit_dtypes(trainer.model, policy)
+    assert all(len(dtypes) == 1 for dtypes in after.values()), after
+    assert {n: p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad} == trainable
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}  # LoRA keeps fp32
+    assert sum(1 for unit in after if "lora_A" in unit) == 2 * 7  # every LoRA layer is a block of its own
