@@ -38,7 +38,7 @@ from pathlib import Path
 
 import nbformat
 
-from .profiles import ParameterError
+from .profiles import FSDP_NEEDS_GPUS, ParameterError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_04 = REPO_ROOT / "notebooks" / "04_orpo_training.ipynb"
@@ -61,16 +61,19 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_num_processes(num_processes, device: str) -> int:
+def resolve_num_processes(num_processes, device: str, strategy: str = "ddp") -> int:
     """`num_processes` as a number: "auto" = every visible GPU (1 on a CPU); an int is checked against the GPUs.
 
-    On a CPU, N > 1 is allowed on purpose: N gloo processes rehearse the multi-GPU path (tests, CI).
+    On a CPU, N > 1 is allowed on purpose for DDP: N gloo processes rehearse the multi-GPU path (tests, CI); FSDP
+    is refused there (accelerate's FSDP needs an accelerator).
     """
     if num_processes == "auto":
         return max(visible_gpus(), 1) if device == "cuda" else 1
     if device == "cuda" and num_processes > visible_gpus():
         raise ParameterError(f"Parameter `num_processes` = {num_processes}, but {visible_gpus()} GPU(s) are visible. "
                              f"Fix: `-p num_processes auto` (uses all of them) or a number up to {visible_gpus()}.")
+    if strategy == "fsdp" and num_processes > 1 and device != "cuda":
+        raise ParameterError(FSDP_NEEDS_GPUS)
     return int(num_processes)
 
 

@@ -223,7 +223,14 @@ def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_
                                  "`-p num_processes auto` (every visible GPU) or e.g. `-p num_processes 2`.") from None
     cfg = RunConfig(**values)
     _check_ranges(cfg)
+    if has_gpu is False and cfg.distributed == "fsdp" and cfg.num_processes not in (1, "auto"):
+        raise ParameterError(FSDP_NEEDS_GPUS)
     return cfg
+
+
+FSDP_NEEDS_GPUS = ("Parameter `distributed` = 'fsdp' with num_processes > 1 needs GPUs: accelerate's FSDP has no CPU "
+                   "backend (it stops with 'no available devices' after the model is loaded). Fix: `-p distributed "
+                   "ddp` (on a CPU, N gloo processes rehearse the multi-GPU path) or `-p num_processes 1`.")
 
 
 def _check_ranges(cfg: RunConfig) -> None:

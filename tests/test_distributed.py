@@ -116,6 +116,9 @@ def test_num_processes_values():
             resolve_config("tiny", {"num_processes": bad})
     assert distributed.resolve_num_processes("auto", "cpu") == 1
     assert distributed.resolve_num_processes(3, "cpu") == 3  # gloo rehearsal of N GPUs
+    with pytest.raises(ParameterError, match="needs GPUs"):  # accelerate's FSDP has no CPU backend (measured)
+        distributed.resolve_num_processes(2, "cpu", "fsdp")
+    assert distributed.resolve_num_processes(1, "cpu", "fsdp") == 1
     if distributed.visible_gpus() == 0:
         with pytest.raises(ParameterError, match="GPU"):
             distributed.resolve_num_processes(2, "cuda")
