@@ -68,13 +68,18 @@ def resolve_num_processes(num_processes, device: str, strategy: str = "ddp") -> 
     is refused there (accelerate's FSDP needs an accelerator).
     """
     if num_processes == "auto":
-        return max(visible_gpus(), 1) if device == "cuda" else 1
-    if device == "cuda" and num_processes > visible_gpus():
+        n = max(visible_gpus(), 1) if device == "cuda" else 1
+    elif device == "cuda" and num_processes > visible_gpus():
         raise ParameterError(f"Parameter `num_processes` = {num_processes}, but {visible_gpus()} GPU(s) are visible. "
                              f"Fix: `-p num_processes auto` (uses all of them) or a number up to {visible_gpus()}.")
-    if strategy == "fsdp" and num_processes > 1 and device != "cuda":
+    else:
+        n = int(num_processes)
+    if strategy == "fsdp" and n > 1 and device != "cuda":
         raise ParameterError(FSDP_NEEDS_GPUS)
-    return int(num_processes)
+    if strategy == "fsdp" and n == 1:
+        print("distributed = 'fsdp' with 1 process: nothing to shard, so this trains on one device as usual "
+              "(FSDP starts with num_processes > 1).")
+    return n
 
 
 FSDP_CONFIG = REPO_ROOT / "configs" / "accelerate" / "fsdp_qlora.yaml"
@@ -242,28 +247,32 @@ def main(argv: list[str]) -> None:
 def prepare_fsdp_qlora(trainer, storage_dtype) -> int:
     """Notebook 04 with `distributed fsdp`, after the trainer is built and before `train()` wraps the model.
 
-    FSDP (use_orig_params false) flattens the parameters of each wrapped block into ONE tensor, which needs ONE dtype.
-    Two things break that for a QLoRA model as TRL prepares it: the LoRA adapters are float32 (PEFT upcasts them for
-    stable updates) and the norms are float32 (TRL upcasts them for QLoRA), while the packed 4-bit weights are stored
-    in `storage_dtype` (notebook 03's bnb_4bit_quant_storage). Measured on 2 H100s: "Must flatten tensors with uniform
-    dtype but got torch.bfloat16 and torch.float32". So: PEFT's wrap policy gives every LoRA layer its own unit (they
-    stay float32), and the frozen float32 parameters go back to `storage_dtype`. Then every unit is checked here, with
-    one clear error instead of FSDP's deep one. Returns how many parameters were cast.
+    FSDP (use_orig_params false) flattens the parameters of each wrapped block into ONE tensor, which needs one dtype
+    and one requires_grad. A QLoRA model as TRL prepares it breaks both: PEFT's `prepare_model_for_kbit_training`
+    (which TRL calls) upcasts every non-4-bit weight to float32 and TRL casts embeddings and lm_head back to bf16,
+    leaving the norms float32, while the packed 4-bit weights are stored in `storage_dtype` (notebook 03's
+    bnb_4bit_quant_storage); and the trainable LoRA weights (float32) sit next to frozen ones. Measured on 2 H100s:
+    "Must flatten tensors with uniform dtype but got torch.bfloat16 and torch.float32". So: PEFT's wrap policy gives
+    every LoRA layer a block of its own (they stay float32), the frozen float32 tensors go back to `storage_dtype`,
+    and every block is checked here, with one clear error instead of FSDP's deep one. Returns how many parameter
+    tensors were cast.
     """
     from peft.utils.other import fsdp_auto_wrap_policy
 
     policy = fsdp_auto_wrap_policy(trainer.model)
     trainer.accelerator.state.fsdp_plugin.auto_wrap_policy = policy
     cast = cast_frozen_float32(trainer.model, storage_dtype)
-    mixed = {unit: dtypes for unit, dtypes in fsdp_unit_dtypes(trainer.model, policy).items() if len(dtypes) > 1}
+    mixed = {unit: kinds for unit, kinds in fsdp_unit_kinds(trainer.model, policy).items() if len(kinds) > 1}
     if mixed:
-        raise ValueError(f"FSDP needs one dtype per wrapped block, but these mix dtypes: {mixed}. A model with other "
-                         "float32 parameters needs them cast too; or train it with `-p distributed ddp`.")
+        raise ValueError(f"FSDP needs one dtype and one requires_grad per wrapped block, but these mix them "
+                         f"((dtype, trainable) pairs): {mixed}. Fix: train this model with `-p distributed ddp`, or "
+                         "cast its other float32 weights to the 4-bit storage dtype too.")
     return cast
 
 
 def cast_frozen_float32(model, dtype) -> int:
-    """Casts the frozen float32 parameters (norms, embeddings) to `dtype`; trainable ones keep their precision."""
+    """Casts the frozen float32 parameter tensors (the norms in a bf16 run; embeddings too in an fp16 run) to
+    `dtype`; trainable ones keep their precision. Returns how many were cast."""
     import torch
 
     cast = 0
@@ -274,14 +283,15 @@ def cast_frozen_float32(model, dtype) -> int:
     return cast
 
 
-def fsdp_unit_dtypes(model, policy) -> dict[str, set]:
-    """The dtypes of the parameters FSDP would flatten together under the auto-wrap `policy`: each wrapped module
-    (and the root) owns its parameters except those of wrapped modules inside it, as torch's recursive wrap does."""
+def fsdp_unit_kinds(model, policy) -> dict[str, set]:
+    """The (dtype, requires_grad) pairs of the parameters FSDP would flatten together under the auto-wrap `policy`:
+    each wrapped module (and the root) owns its parameters except those of wrapped modules inside it, as torch's
+    recursive wrap does. FSDP with use_orig_params false needs exactly one pair per block."""
     units: dict[str, set] = {}
 
     def visit(module, unit: str, prefix: str) -> None:
         for param in module.parameters(recurse=False):
-            units.setdefault(unit, set()).add(param.dtype)
+            units.setdefault(unit, set()).add((param.dtype, param.requires_grad))
         for name, child in module.named_children():
             path = f"{prefix}.{name}" if prefix else name
             wrapped = policy(module=child, recurse=False, nonwrapped_numel=0)

@@ -108,7 +108,7 @@ def test_a_killed_notebook_stops_its_processes_and_the_rerun_resumes_with_two():
     assert max(train_losses(run)) == 40
 
 
-def test_num_processes_values():
+def test_num_processes_values(capsys):
     assert resolve_config("tiny", {"num_processes": "auto"}).num_processes == "auto"
     assert resolve_config("tiny", {"num_processes": "2"}).num_processes == 2
     for bad in ("two", 0, 1.5, True):
@@ -119,6 +119,7 @@ def test_num_processes_values():
     with pytest.raises(ParameterError, match="needs GPUs"):  # accelerate's FSDP has no CPU backend (measured)
         distributed.resolve_num_processes(2, "cpu", "fsdp")
     assert distributed.resolve_num_processes(1, "cpu", "fsdp") == 1
+    assert "nothing to shard" in capsys.readouterr().out  # fsdp on 1 process is said, not silent
     if distributed.visible_gpus() == 0:
         with pytest.raises(ParameterError, match="GPU"):
             distributed.resolve_num_processes(2, "cuda")
@@ -204,13 +205,14 @@ def test_fsdp_qlora_gets_one_dtype_per_wrapped_block(tmp_path):
     trainer = ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_pairs()), processing_class=_tokenizer(),
                           peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     policy = fsdp_auto_wrap_policy(trainer.model)
-    before = distributed.fsdp_unit_dtypes(trainer.model, policy)
-    assert any(len(dtypes) > 1 for dtypes in before.values()), before  # what FSDP refused on the GPU
+    before = distributed.fsdp_unit_kinds(trainer.model, policy)
+    assert any(len({dtype for dtype, _ in kinds}) > 1 for kinds in before.values()), before  # what FSDP refused
     trainable = {n: p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
     assert distributed.cast_frozen_float32(trainer.model, torch.bfloat16) > 0
-    after = distributed.fsdp_unit_dtypes(trainer.model, policy)
-    assert all(len(dtypes) == 1 for dtypes in after.values()), after
+    after = distributed.fsdp_unit_kinds(trainer.model, policy)
+    assert all(len(kinds) == 1 for kinds in after.values()), after  # one dtype and one requires_grad per block
     assert {n: p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad} == trainable
     assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}  # LoRA keeps fp32
     assert sum(1 for unit in after if "lora_A" in unit) == 2 * 7  # every LoRA layer is a block of its own
+    assert {(torch.float32, True)} in after.values() and {(torch.bfloat16, False)} in after.values()
