@@ -59,6 +59,9 @@ class RunConfig:
     fast_orpo_trainer: bool = False             # helpers.fast_orpo.FastORPOTrainer: same loss, chunked logits
     checkpoint_layers: int = -1                 # with the fast trainer: checkpoint only the first k layers; -1 = all
     use_liger_kernel: bool = False              # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (GPU, if installed)
+    share_prompt: bool = False                  # with the fast trainer: each pair as ONE padding-free segment
+                                                # [prompt, chosen, rejected], the prompt computed once (train and
+                                                # 05's scoring); same loss. Off until run through 01-05 on a GPU
     num_processes: int = 1                      # > 1: DDP over that many processes (accelerate launch); "auto" =
                                                 # every visible GPU. 1 trains in the notebook's own kernel
     distributed: str = "ddp"                    # with num_processes > 1: "ddp" (a 4-bit copy per GPU) or "fsdp"
@@ -103,7 +106,7 @@ GPU_PROFILES = ("t4", "a100", "h100")
 # tests/test_gpu_paths_on_cpu.py runs every GPU profile's TRAINER_PATH settings end to end on a CPU
 # (`cpu_rehearsal`), and tests/test_profiles.py fails if a profile sets a field that is in neither tuple: a new
 # GPU-only setting cannot escape CI.
-TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layers", "use_liger_kernel",
+TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layers", "use_liger_kernel", "share_prompt",
                 "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio",
                 "eval_batch_size")
 HARDWARE_SIZED = ("num_processes", "distributed", "model_id", "dataset_id", "n_train", "n_validation", "n_eval",
@@ -255,6 +258,9 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.distributed not in ("ddp", "fsdp"):
         raise ParameterError(f"Parameter `distributed` must be 'ddp' or 'fsdp', got {cfg.distributed!r}. Fix: "
                              "`-p distributed ddp` (a full 4-bit copy per GPU, fastest) or `fsdp` (shards the model).")
+    if cfg.share_prompt and not cfg.fast_orpo_trainer:
+        raise ParameterError("Parameter `share_prompt` needs the fast trainer (TRL's own ORPOTrainer computes every "
+                             "prompt twice). Fix: add `-p fast_orpo_trainer true`, or drop `share_prompt`.")
     if cfg.checkpoint_layers < -1:
         raise ParameterError(f"Parameter `checkpoint_layers` must be -1 (all layers) or >= 0, got "
                              f"{cfg.checkpoint_layers}. Fix: e.g. `-p checkpoint_layers 20`.")

@@ -22,6 +22,7 @@ def outputs(tmp_path, monkeypatch):
     (["-p", "max_length", "4"], "too small"),
     (["-p", "run_name", "x"], "Pass `run_name` with --run-name"),
     (["-p", "num_processes", "2", "-p", "distributed", "fsdp"], "'fsdp' with num_processes > 1 needs GPUs"),
+    (["-p", "share_prompt", "true"], "`share_prompt` needs the fast trainer"),
 ])
 def test_bad_parameters_exit_2_with_one_clear_message(outputs, capsys, argv, message):
     assert runner.main(argv) == 2
