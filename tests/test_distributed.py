@@ -84,6 +84,22 @@ def test_two_processes_train_like_one_with_the_same_global_batch():
 
 
 @pytest.mark.slow
+def test_two_processes_with_prefix_sharing_train_like_two_without():
+    """`-p share_prompt true` under DDP: the packed forward goes through the DDP wrapper too (else the ranks would
+    drift apart silently), and the loss curve is the unshared 2-process run's (fp32: same math, other sum order)."""
+    assert runner.main(args_for("ddp-two-plain", 2)) == 0
+    assert runner.main(args_for("ddp-two-shared", 2) + ["-p", "share_prompt", "true"]) == 0
+    plain, shared = outputs_root() / "ddp-two-plain", outputs_root() / "ddp-two-shared"
+    losses_plain, losses_shared = train_losses(plain), train_losses(shared)
+    assert sorted(losses_shared) == sorted(losses_plain) == [1, 4, 8, 12]
+    worst = max(abs(losses_shared[s] - losses_plain[s]) / abs(losses_plain[s]) for s in losses_plain)
+    assert worst < 5e-5, (losses_plain, losses_shared)  # measured on the dev machine: 3.8e-6
+    notebook = (shared / "notebooks" / "04_orpo_training.ipynb").read_text()
+    assert "prompt shared by chosen and rejected" in notebook
+    assert "identical in all 2 processes" in notebook
+
+
+@pytest.mark.slow
 def test_a_killed_notebook_stops_its_processes_and_the_rerun_resumes_with_two():
     run = outputs_root() / "ddp-kill"
     command = [sys.executable, "-m", "helpers.runner", *args_for("ddp-kill", 2, max_steps=40)]
