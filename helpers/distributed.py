@@ -242,6 +242,11 @@ def main(argv: list[str]) -> None:
         exec(code, namespace)
     if not namespace["trainer"].is_fsdp_enabled:  # FSDP shards the weights: there are no replicas to compare
         check_replicas_agree(namespace["trainer"].model)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # end the process group ourselves: left to the interpreter's
+        dist.barrier()                                 # exit, it aborted a finished CPU run once in CI (SIGABRT,
+        dist.destroy_process_group()                   # "terminate called without an active exception")
 
 
 def prepare_fsdp_qlora(trainer, storage_dtype) -> int:
