@@ -1,11 +1,19 @@
-"""Killing a run the way a preemption does (tests/test_resume.py, tests/test_gpu_paths_on_cpu.py)."""
+"""Runs started, killed the way a preemption does, and read back (tests/test_resume.py, test_gpu_paths_on_cpu.py,
+test_distributed.py)."""
 
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import psutil
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    """{step: logged train loss} from a run's metrics.jsonl (notebook 04's log history)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
 def start_until(command: list[str], marker: Path, timeout: float = 900) -> subprocess.Popen:

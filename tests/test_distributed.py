@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from processes import start_until
+from processes import start_until, train_losses
 
 from helpers import distributed, runner
 from helpers.profiles import ParameterError, cpu_rehearsal, resolve_config
@@ -38,11 +38,6 @@ def args_for(run_name: str, processes: int, max_steps: int = 12) -> list[str]:
     for name, value in settings.items():
         args += ["-p", name, str(value)]
     return args
-
-
-def train_losses(run: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
 def launched_processes() -> list[psutil.Process]:

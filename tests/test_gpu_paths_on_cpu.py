@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from processes import kill_like_a_preemption, start_until
+from processes import kill_like_a_preemption, start_until, train_losses
 
 from helpers import runner
 from helpers.profiles import GPU_PROFILES, cpu_rehearsal
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 SHARED_LOSS_TOLERANCE = 1e-5
 
 
-def runner_args(profile: str, max_steps: int = 12) -> list[str]:
-    args = ["--run-name", f"rehearse-{profile}"]
+def runner_args(profile: str, max_steps: int = 12, run_name: str | None = None) -> list[str]:
+    args = ["--run-name", run_name or f"rehearse-{profile}"]
     for name, value in cpu_rehearsal(profile, max_steps=max_steps).items():
         args += ["-p", name, str(value)]
     return args
@@ -73,13 +73,10 @@ def test_prefix_sharing_through_the_notebooks_trains_and_scores_like_the_unshare
     runs = {}
     for share in (False, True):
         runs[share] = outputs_root() / f"rehearse-h100-share-{share}"
-        args = runner_args("h100")
-        args[1] = runs[share].name
-        assert runner.main(args + ["-p", "share_prompt", str(share)]) == 0
+        assert runner.main(runner_args("h100", run_name=runs[share].name) + ["-p", "share_prompt", str(share)]) == 0
     check_run(runs[True])
     assert "prompt shared by chosen and rejected" in (runs[True] / "notebooks" / "04_orpo_training.ipynb").read_text()
-    losses = {share: {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                      if "loss" in r} for share, run in runs.items()}
+    losses = {share: train_losses(run) for share, run in runs.items()}
     assert losses[True].keys() == losses[False].keys()
     worst = max(abs(losses[True][s] - losses[False][s]) / abs(losses[False][s]) for s in losses[False])
     assert worst < SHARED_LOSS_TOLERANCE, f"train loss differs by {worst:.2e} (relative) with prompt sharing"
