@@ -17,9 +17,11 @@ In one run it measures:
          `eval_dataset` (selected as notebook 04's data cell does). The only overrides are what a benchmark must set:
          max_steps, and eval/save/logging cadence pushed past the run's end (printed and saved in the JSON); the
          end-of-run evaluation and checkpoint the Trainer would add after the last step are skipped (untimed anyway).
-  shared the fast path with FastORPOTrainer.share_prompt = True (issue #12): each pair packed as one padding-free
-         [prompt, chosen, rejected] segment, the prompt computed once (FlexAttention BlockMask); built by make_trainer
-         on the fast run's model with the fast run's settings as built (batch, checkpointed layers, grouping, Liger)
+  shared / unshared   the fast run's settings as built (batch, checkpointed layers, grouping, Liger) with prefix
+         sharing (issue #12: each pair packed as one padding-free [prompt, chosen, rejected] segment, the prompt
+         computed once; FlashAttention's varlen kernel, or a FlexAttention BlockMask) switched to the other side of
+         what the profile says: `unshared` when notebook 04 shares prompts (the h100 profile does), else `shared`;
+         built by make_trainer on the fast run's model
   t4     the t4 profile's settings (fp16, fp16 compute dtype), peak memory only (a T4 has 15 GiB)
   eval   held-out scoring of --eval-pairs pairs: notebook 05's helpers.scoring.mean_answer_logps (on the model loaded
          as notebook 05 loads it) vs ORPOTrainer.evaluate at eval batch 8 and 2 (the latter on a subset, extrapolated
@@ -76,7 +78,8 @@ SEED = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradie
 # by make_trainer like the seed and t4 runs; they mirror the h100 profile but are not the notebook's code.
 FAST = dict(per_device_train_batch_size=16, gradient_accumulation_steps=1, gradient_checkpointing=True,
             checkpoint_layers=None, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
-            train_sampling_strategy="group_by_length", use_liger_kernel=True, trainer="FastORPOTrainer")
+            train_sampling_strategy="group_by_length", use_liger_kernel=True, trainer="FastORPOTrainer",
+            share_prompt=True)
 # The t4 profile (fp16 everywhere: a T4 has no bf16). Same pairs per optimizer step as the seed.
 T4 = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=True,
           checkpoint_layers=None, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
@@ -378,13 +381,15 @@ def ceiling_fraction(run: dict, config: dict, ceiling_tflops: float | None) -> d
 
 # (Liger cannot be switched off per variant: the fast run has already patched the shared model's modules.)
 VARIANT_FLAGS = {"cudnn": ("sdpa_backends", None), "nofuse": ("fuse_lora", False),
-                 "random": ("train_sampling_strategy", None), "share": ("share_prompt", True)}
+                 "random": ("train_sampling_strategy", None), "share": ("share_prompt", True),
+                 "noshare": ("share_prompt", False), "flex": ("share_prompt_backend", "flex")}
 
 
 def variant(spec: str, base: dict) -> tuple[dict, str]:
     """'MB:LAYERS[:flag+flag]' -> trainer settings and a name. LAYERS: checkpointed decoder layers, 'all' or a number
     (0 = no checkpointing). Flags switch one speed-up off: cudnn (PyTorch's own SDPA choice), nofuse (PEFT's LoRA
-    forward), random (no length grouping); share switches prefix sharing ON (share_prompt). Grad-accum keeps at least 8 pairs per optimizer step."""
+    forward), random (no length grouping), noshare (no prefix sharing), flex (prefix sharing through FlexAttention
+    instead of the varlen kernel); share switches prefix sharing ON. Grad-accum keeps at least 8 pairs per step."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[0].isdigit() or not (parts[1] == "all" or parts[1].isdigit()):
         raise SystemExit(f"--variants {spec!r}: expected MICRO_BATCH:LAYERS[:flag+flag], e.g. 16:all or 16:28:cudnn")
@@ -429,7 +434,7 @@ def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, 
                   processing_class=tokenizer, peft_config=peft_config)
     if kind["trainer"] == "FastORPOTrainer":
         trainer.checkpoint_layers = kind.get("checkpoint_layers")
-        for key in ("sdpa_backends", "fuse_lora", "share_prompt"):
+        for key in ("sdpa_backends", "fuse_lora", "share_prompt", "share_prompt_backend"):
             if key in kind:
                 setattr(trainer, key, kind[key])
     return instrument(trainer)
@@ -740,14 +745,14 @@ def print_table(result: dict) -> None:
     for name, r in result["runs"].items():
         if "tokens_per_s" in r:
             rows.append((name, f"{r['tokens_per_s']:.0f}", f"{r['s_per_step']:.2f}", str(r.get("pairs_per_step")),
-                         f"{r['padding_fraction']:.2f}" if "share_prompt" not in r.get("settings", {}) else "-",
+                         "-" if r.get("share_prompt") else f"{r['padding_fraction']:.2f}",  # packed: no pads
                          str(r.get("computed_over_needed")), str(r.get("ceiling_fraction")),
                          str(r["peak_allocated_gib"]), str(r["peak_reserved_gib"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows))
     s = result["summary"]
     print(f"\nfast / seed tokens/s: {s.get('speedup_fast_over_seed', 'n/a (one of them skipped)')}x "
-          f"(target >= 4.0, peak <= 40 GiB); "
+          f"(target >= 6.0 at peak <= 40 GiB; fast = notebook 04's h100 path, prefix sharing as its profile says); "
           f"warm-up {result['args']['warmup']} steps each, untimed")
     if "speedup_shared_over_seed" in s:
         print(f"shared (prefix sharing) / seed tokens/s: {s['speedup_shared_over_seed']}x (target >= 6.0); "
@@ -779,7 +784,7 @@ def print_table(result: dict) -> None:
               f"as trained vs TRL {d['fast_vs_trl']:.1e}; TRL on our kernels vs TRL {d['trl_fast_kernels_vs_trl']:.1e} "
               f"(the bf16 effect of the kernel choice alone)")
         print(f"  prefix sharing vs TRL: {d['shared_exact_vs_trl']:.1e} (dense mask, other shortcuts off), "
-              f"{d['shared_vs_trl']:.1e} as trained (FlexAttention); ok <= {result['same_math']['shared_tolerance']:.1e} "
+              f"{d['shared_vs_trl']:.1e} as trained (varlen kernel, or FlexAttention); ok <= {result['same_math']['shared_tolerance']:.1e} "
               f"(1e-3 or TRL's own kernel effect, the larger): {result['same_math']['shared_ok']}; "
               f"vs TRL on our kernels {d['shared_vs_trl_fast_kernels']:.1e}")
 
@@ -957,6 +962,7 @@ def main(argv=None) -> dict:
         log(f"fast as built by notebook 04's cells: {result['settings']['fast']['as_built']}")
         r = run_training("fast", tr, a.warmup, a.profile_steps)
         r["pairs_per_step"] = fast_cfg.per_device_train_batch_size * fast_cfg.gradient_accumulation_steps
+        r["share_prompt"] = bool(tr.share_prompt)
         result["runs"]["fast"] = r
         result["same_math"] = same_math(tr)
         log(f"same math: {result['same_math']}")
@@ -967,24 +973,28 @@ def main(argv=None) -> dict:
                         gradient_checkpointing=tr.args.gradient_checkpointing, optim=tr.args.optim,
                         checkpoint_layers=tr.checkpoint_layers, learning_rate=tr.args.learning_rate, beta=tr.args.beta,
                         train_sampling_strategy=getattr(tr.args, "train_sampling_strategy", None),
-                        use_liger_kernel=bool(tr.args.use_liger_kernel), lora_dropout=ns["peft_config"].lora_dropout)
+                        use_liger_kernel=bool(tr.args.use_liger_kernel), lora_dropout=ns["peft_config"].lora_dropout,
+                        share_prompt=bool(tr.share_prompt))
         del tr, ns
         free()
         fast = dict(FAST, use_liger_kernel=FAST["use_liger_kernel"] and cuda)
-        # --- prefix sharing (issue #12): the fast run's settings as built, share_prompt on, same model.
+        # --- prefix sharing (issue #12): the fast run's settings as built with share_prompt switched, same model:
+        # `shared` when notebook 04 trains without sharing, `unshared` when the profile already shares.
         if "shared" not in skip:
-            kind = dict(as_built, share_prompt=True)
-            vt = make_trainer(kind, peft_model, train, tokenizer, work / "shared", a.warmup + a.shared_steps,
+            other = "unshared" if as_built["share_prompt"] else "shared"
+            kind = dict(as_built, share_prompt=not as_built["share_prompt"])
+            vt = make_trainer(kind, peft_model, train, tokenizer, work / other, a.warmup + a.shared_steps,
                               precision, not cuda, peft=False)
             try:
-                r = run_training("shared", vt, a.warmup)
+                r = run_training(other, vt, a.warmup)
                 r["pairs_per_step"] = kind["per_device_train_batch_size"] * kind["gradient_accumulation_steps"]
                 r["settings"] = {k: str(v) for k, v in kind.items()}
-                result["runs"]["shared"] = r
+                r["share_prompt"] = kind["share_prompt"]
+                result["runs"][other] = r
             except torch.OutOfMemoryError as e:
-                result["runs"]["shared"] = {"error": f"OOM: {str(e)[:200]}", "settings": {k: str(v) for k, v in
-                                                                                           kind.items()}}
-                log("shared: OOM")
+                result["runs"][other] = {"error": f"OOM: {str(e)[:200]}", "settings": {k: str(v) for k, v in
+                                                                                        kind.items()}}
+                log(f"{other}: OOM")
             del vt
             free()
             save()
@@ -996,6 +1006,7 @@ def main(argv=None) -> dict:
                 r = run_training(name, vt, a.variant_warmup)
                 r["pairs_per_step"] = kind["per_device_train_batch_size"] * kind["gradient_accumulation_steps"]
                 r["settings"] = kind
+                r["share_prompt"] = bool(kind.get("share_prompt"))
                 result["runs"][name] = r
                 del vt
             except torch.OutOfMemoryError as e:
@@ -1019,7 +1030,11 @@ def main(argv=None) -> dict:
     if ok("fast") and ok("shared"):
         result["summary"]["speedup_shared_over_fast"] = round(
             runs["shared"]["tokens_per_s"] / runs["fast"]["tokens_per_s"], 2)
-    for name in [n for n in runs if ok(n) and ok("seed") and n not in ("seed", "fast", "shared")]:
+    if ok("fast") and ok("unshared"):  # the profile shares prompts: what sharing alone buys on notebook 04's path
+        result["summary"]["speedup_fast_over_unshared"] = round(
+            runs["fast"]["tokens_per_s"] / runs["unshared"]["tokens_per_s"], 2)
+        result["summary"]["unshared_peak_allocated_gib"] = runs["unshared"]["peak_allocated_gib"]
+    for name in [n for n in runs if ok(n) and ok("seed") and n not in ("seed", "fast", "shared", "unshared")]:
         result["summary"][f"speedup_{name}_over_seed"] = round(runs[name]["tokens_per_s"] / runs["seed"]["tokens_per_s"], 2)
     save()
     print_table(result)

@@ -42,6 +42,10 @@ def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
     folders = sorted(Path(checkpoints_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]),
                      reverse=True) if Path(checkpoints_dir).exists() else []
     for folder in folders:
+        if any(folder.glob("pytorch_model_fsdp*")):  # FSDP saves sharded model and optimizer states instead
+            print(f"Not resuming from {folder.name}: an FSDP sharded checkpoint (no adapter file); resuming those is "
+                  "not supported yet (README, Several GPUs), so training starts from step 0")
+            continue
         missing = [f for f in CHECKPOINT_FILES if not (folder / f).exists()]
         try:
             if not missing:
@@ -51,6 +55,37 @@ def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
             missing = ["a readable trainer_state.json"]
         print(f"Skipping incomplete checkpoint {folder.name} (missing {', '.join(missing)})")
     return None
+
+
+def adapter_tensor_names(model) -> set[str]:
+    """The tensor names a PeftModel's adapter file must hold: its trainable LoRA parameters, named as PEFT saves them
+    (without the adapter name). Notebook 04 reads them before training, while no FSDP wrapper has flattened them."""
+    adapter = getattr(model, "active_adapter", "default")
+    return {name.replace(f".{adapter}.", ".") for name, param in model.named_parameters()
+            if param.requires_grad and "lora_" in name}
+
+
+def check_saved_adapter(adapter_dir: Path, expected: set[str]) -> int:
+    """Fail loudly if the adapter notebook 04 just saved lacks LoRA weights the model trained (notebook 04, rank 0).
+
+    A file can be written without any error and still miss tensors (under FSDP the gathered state dict can differ
+    from the model's): notebook 05 would then evaluate the untrained base model, with only a warning. `expected`:
+    `adapter_tensor_names(model)` taken before training. Returns the number of tensors saved.
+    """
+    from safetensors import safe_open
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (no __iter__)
+    missing, empty = sorted(expected - set(saved)), sorted(k for k, shape in saved.items() if 0 in shape)
+    if not expected or missing or empty:
+        raise RuntimeError(
+            f"The saved adapter {path.parent.name}/{path.name} is not the trained one: {len(saved)} tensors saved, "
+            f"{len(expected)} trainable LoRA tensors in the model; missing {len(missing)} (e.g. {missing[:2]}), "
+            f"empty {len(empty)} (e.g. {empty[:2]}); saved names e.g. {sorted(saved)[:2]}. Notebook 05 would "
+            "evaluate the base model. Fix: with distributed=fsdp, train with distributed=ddp instead (FSDP's adapter "
+            "saving is not verified yet: README, Several GPUs); otherwise please report it with this message.")
+    return len(saved)
 
 
 class PlainProgress(TrainerCallback):

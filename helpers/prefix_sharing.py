@@ -25,9 +25,16 @@ v - 1; for the first token of a tail that state lies in the shared prefix (for p
 which also predicts the first chosen token). `PackedGroups.index` maps (sequence, virtual position) -> packed
 position, so callers gather hidden states without caring where a token physically sits.
 
-Two ways to apply the mask, chosen by `backend`:
+Three ways to apply the mask, chosen by `backend`:
+  * "varlen": FlashAttention's variable-length kernel (`torch.nn.attention.varlen.varlen_attn`, GPU). The rule
+    above is ONE varlen call: the queries are the packed row as it is, cut into segments [prefix | tail 1] (plain
+    causal) and [tail k] for k >= 2, whose keys are [prefix | tail k] gathered from the row (`VarlenPlan`): with
+    causal attention aligned to the bottom right (FlashAttention's rule when a segment has more keys than queries),
+    tail token i sees the whole prefix and tail tokens 0..i. No mask is materialized and no block is wasted;
+    "varlen_reference" computes the same plan segment by segment with SDPA (CPU: the tests check the plan with it).
   * "flex": PyTorch FlexAttention with a BlockMask built from per-token group and segment ids. Blocks that no query
-    may see are skipped, so attention costs only what the groups need (GPU; compiled once with torch.compile).
+    may see are skipped, so attention costs only what the groups need (GPU; compiled once with torch.compile;
+    about half of flash attention's speed per token in fwd + bwd, so "auto" prefers "varlen" where it exists).
   * "dense": a [1, 1, T, T] boolean mask given to scaled_dot_product_attention. Exact everywhere, O(T^2) memory:
     the CPU path and the reference the tests compare flex against. ("flex_eager" runs flex uncompiled: forward only
     on CPU, used by tests to check the BlockMask itself.)
@@ -38,6 +45,7 @@ A registered attention function (`attention_implementation`) applies it and hand
 
 from __future__ import annotations
 
+import inspect
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +53,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "flex", "flex_eager", "dense")
+BACKENDS = ("auto", "varlen", "varlen_reference", "flex", "flex_eager", "dense")
 
 # ----------------------------------------------------------------------------------------------- packing
 
@@ -155,16 +163,97 @@ def block_mask(packed: PackedGroups, block_size: int = 128):
     return create_block_mask(mask_mod, rows, None, n, n, device=g.device, BLOCK_SIZE=block_size)
 
 
+@dataclass
+class VarlenPlan:
+    """One varlen attention call over a packed row: query segments tile the row in order (`cu_q`), each with its
+    keys gathered from the row (`kv_index`, cut by `cu_k`); causal, aligned to the bottom right."""
+
+    kv_index: torch.Tensor  # [Tk] row positions, segment after segment
+    cu_q: torch.Tensor  # int32 [S + 1]
+    cu_k: torch.Tensor  # int32 [S + 1]
+    max_q: int
+    max_k: int
+
+
+def varlen_plan(packed: PackedGroups) -> VarlenPlan:
+    """The segments of the module docstring's "varlen" backend for a one-row `packed`.
+
+    Per group: [prefix | first non-empty tail] is one causal segment (its keys are its own tokens); every later
+    tail is a segment of its own whose keys are the prefix followed by the tail. End pads form their own segment
+    (seen by no real token, as in the dense mask)."""
+    if packed.input_ids.shape[0] != 1:
+        raise ValueError("the varlen backend packs everything into one row (row_tokens=None)")
+    group, segment = packed.group[0].tolist(), packed.segment[0].tolist()
+    runs, start = [], 0  # (start, length, group, segment) of each run of equal (group, segment)
+    for i in range(1, len(group) + 1):
+        if i == len(group) or group[i] != group[start] or segment[i] != segment[start]:
+            runs.append((start, i - start, group[start], segment[start]))
+            start = i
+    q_lens, k_ranges = [], []
+    prefix = {}  # group -> (start, length) of its prefix; popped when it opened a segment with its first tail
+    pending = None  # a prefix not yet in any segment
+
+    def close_pending():
+        if pending is not None:  # a group whose sequences all equal its prefix: the prefix alone, causal
+            q_lens.append(pending[1])
+            k_ranges.append([pending])
+
+    for start, length, g, seg in runs:
+        if g < 0 or seg == 0:
+            close_pending()
+            pending = None
+            if g < 0:
+                q_lens.append(length)
+                k_ranges.append([(start, length)])
+            else:
+                prefix[g] = pending = (start, length)
+            continue
+        if pending is not None and prefix.get(g) == pending and pending[0] + pending[1] == start:
+            q_lens.append(pending[1] + length)  # [prefix | first tail]: contiguous, plain causal
+            k_ranges.append([(pending[0], pending[1] + length)])
+            pending = None
+            continue
+        close_pending()
+        pending = None
+        q_lens.append(length)
+        k_ranges.append(([prefix[g]] if g in prefix else []) + [(start, length)])
+    close_pending()
+    device = packed.input_ids.device
+    k_lens = [sum(n for _, n in ranges) for ranges in k_ranges]
+    kv_index = torch.cat([torch.arange(a, a + n) for ranges in k_ranges for a, n in ranges])
+    cum = lambda xs: torch.tensor([0] + xs, dtype=torch.int32).cumsum(0, dtype=torch.int32)  # noqa: E731
+    if sum(q_lens) != len(group):  # the segments must tile the row: every token is a query exactly once
+        raise AssertionError(f"varlen plan covers {sum(q_lens)} of {len(group)} tokens")
+    return VarlenPlan(kv_index.to(device), cum(q_lens).to(device), cum(k_lens).to(device), max(q_lens), max(k_lens))
+
+
+def varlen_available() -> bool:
+    """FlashAttention's varlen kernel through PyTorch (torch >= 2.9 on a CUDA GPU)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"prefix-sharing attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "flex" if device.type == "cuda" else "dense"
+        if device.type != "cuda":
+            return "dense"
+        return "varlen" if varlen_available() else "flex"
     return backend
 
 
 def packed_mask(packed: PackedGroups, backend: str):
-    """The mask object the decoder gets for `packed` under `backend` ("dense" / "flex" / "flex_eager")."""
+    """The mask object the decoder gets for `packed` under `backend`. The varlen plan travels on a 4D boolean
+    tensor (an expanded scalar: no memory) because transformers hands 4D masks to the attention function as is."""
+    if backend in ("varlen", "varlen_reference"):
+        n = packed.input_ids.shape[1]
+        carrier = torch.ones((), dtype=torch.bool, device=packed.input_ids.device).expand(1, 1, n, n)
+        carrier._prefix_sharing_varlen = (varlen_plan(packed), backend == "varlen_reference")
+        return carrier
     return dense_mask(packed) if backend == "dense" else _tagged(block_mask(packed), eager=backend == "flex_eager")
 
 
@@ -195,6 +284,46 @@ def _repeat_kv(x: torch.Tensor, n: int) -> torch.Tensor:
     return x if n == 1 else x.repeat_interleave(n, dim=1)
 
 
+def varlen_reference(q, k, v, plan: VarlenPlan, scale: float | None) -> torch.Tensor:
+    """What the varlen kernel computes for `plan` ([T, Hq, D] queries, [Tk, Hkv, D] gathered keys and values),
+    one SDPA call per segment with an explicit bottom-right causal mask (CPU tests)."""
+    cu_q, cu_k = plan.cu_q.tolist(), plan.cu_k.tolist()
+    groups = q.shape[1] // k.shape[1]
+    out = []
+    for qa, qb, ka, kb in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:], strict=True):
+        lq, lk = qb - qa, kb - ka
+        allowed = torch.arange(lk, device=q.device)[None, :] <= torch.arange(lq, device=q.device)[:, None] + (lk - lq)
+        kh, vh = (x[ka:kb].transpose(0, 1).repeat_interleave(groups, dim=0) for x in (k, v))  # [Hq, lk, D]
+        seg = F.scaled_dot_product_attention(q[qa:qb].transpose(0, 1), kh, vh, attn_mask=allowed, scale=scale)
+        out.append(seg.transpose(0, 1))
+    return torch.cat(out)
+
+
+_VARLEN_PARAMETERS = None
+
+
+def _varlen_kernel(q, k, v, plan: VarlenPlan, scale: float | None) -> torch.Tensor:
+    """torch.nn.attention.varlen.varlen_attn, causal, with grouped-query heads; keyword names differ across torch
+    versions (is_causal in 2.9-2.10, window_size later), so they are read from its signature."""
+    global _VARLEN_PARAMETERS
+    from torch.nn.attention.varlen import varlen_attn
+
+    if _VARLEN_PARAMETERS is None:
+        _VARLEN_PARAMETERS = set(inspect.signature(varlen_attn).parameters)
+    kw = {"window_size": (-1, 0)} if "window_size" in _VARLEN_PARAMETERS else {"is_causal": True}
+    if scale is not None and "scale" in _VARLEN_PARAMETERS:
+        kw["scale"] = scale
+    elif scale is not None and abs(scale - q.shape[-1] ** -0.5) > 1e-6:
+        raise RuntimeError("this torch's varlen_attn has no `scale`: use share_prompt_backend='flex'")
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in _VARLEN_PARAMETERS:
+            kw["enable_gqa"] = True
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return varlen_attn(q, k, v, plan.cu_q, plan.cu_k, plan.max_q, plan.max_k, **kw)
+
+
 def _make_attention(original: str | None):
     """An attention function (transformers' AttentionInterface signature) that applies prefix-sharing masks and
     forwards everything else to the `original` implementation."""
@@ -202,6 +331,16 @@ def _make_attention(original: str | None):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        varlen = getattr(attention_mask, "_prefix_sharing_varlen", None) if isinstance(
+            attention_mask, torch.Tensor) else None
+        if varlen is not None:  # query [1, Hq, T, D], key / value [1, Hkv, T, D] -> [1, T, Hq, D]
+            plan, reference = varlen
+            q = query[0].transpose(0, 1).contiguous()
+            k = key[0].transpose(0, 1).index_select(0, plan.kv_index)
+            v = value[0].transpose(0, 1).index_select(0, plan.kv_index)
+            exact = reference or q.dtype not in (torch.float16, torch.bfloat16)  # flash kernels: half precision only
+            out = (varlen_reference if exact else _varlen_kernel)(q, k, v, plan, scaling)
+            return out.unsqueeze(0), None
         if isinstance(attention_mask, BlockMask) and hasattr(attention_mask, "_prefix_sharing_eager"):
             out = _flex(attention_mask._prefix_sharing_eager)(query, key, value, block_mask=attention_mask,
                                                               scale=scaling, enable_gqa=True)
@@ -279,5 +418,7 @@ def run_packed_decoder(decoder: torch.nn.Module, packed: PackedGroups, backend: 
     return hidden.reshape(-1, hidden.shape[-1])
 
 
-__all__ = ["BACKENDS", "DENSE_ROW_TOKENS", "row_tokens_for", "PackedGroups", "attention_implementation", "block_mask", "common_prefix_len", "dense_mask",
-           "pack_groups", "packed_inputs", "packed_mask", "prefix_sharing_attention", "resolve_backend", "run_packed_decoder"]
+__all__ = ["BACKENDS", "DENSE_ROW_TOKENS", "PackedGroups", "VarlenPlan", "attention_implementation", "block_mask",
+           "common_prefix_len", "dense_mask", "pack_groups", "packed_inputs", "packed_mask", "prefix_sharing_attention",
+           "resolve_backend", "row_tokens_for", "run_packed_decoder", "varlen_available", "varlen_plan",
+           "varlen_reference"]

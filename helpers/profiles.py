@@ -88,16 +88,18 @@ _GPU_COMMON = dict(
 )
 # Batch sizes and checkpointing as measured on an H100 (benchmarks/results/h100.json). With the fast trainer,
 # 16-pair micro-batches beat 8 (more work per kernel launch: at 8 the step was CPU-bound); checkpointing 28 of 32
-# layers beat all 32 by ~5% at 31 GiB peak (all 32: 19 GiB). t4 ~8 GiB (16 GB card). a100: 16 pairs with full
-# checkpointing (19 GiB fits a 40 GB card); not measured on an A100.
+# layers beat all 32 by ~5% at 31 GiB peak (all 32: 19 GiB). h100 shares each prompt between its two answers
+# (share_prompt: ~35% fewer tokens computed, no padding), which freed the memory to checkpoint 24 layers instead of
+# 28 (benchmarks/results/h100_shared.json). t4 ~8 GiB (16 GB card). a100: 16 pairs with full checkpointing (19 GiB
+# fits a 40 GB card); not measured on an A100.
 PROFILES: dict[str, dict] = {
     "tiny": {},
     "t4": {**_GPU_COMMON, "n_train": 1000, "n_eval": 200,
            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4},
     "a100": {**_GPU_COMMON, "n_train": 5000, "n_eval": 500, "use_liger_kernel": True,
              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
-    "h100": {**_GPU_COMMON, "n_train": 10000, "n_eval": 2000, "use_liger_kernel": True,
-             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "checkpoint_layers": 28},
+    "h100": {**_GPU_COMMON, "n_train": 10000, "n_eval": 2000, "use_liger_kernel": True, "share_prompt": True,
+             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "checkpoint_layers": 24},
 }
 GPU_PROFILES = ("t4", "a100", "h100")
 

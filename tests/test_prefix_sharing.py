@@ -22,7 +22,7 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from helpers.fast_orpo import FastORPOTrainer
 from helpers.prefix_sharing import (block_mask, common_prefix_len, dense_mask, pack_groups, prefix_sharing_attention,
-                                    run_packed_decoder)
+                                    run_packed_decoder, varlen_plan, varlen_reference)
 from helpers.scoring import decoder_and_head, mean_answer_logps
 
 RTOL = 1e-3
@@ -116,6 +116,62 @@ def test_mask_rule_and_block_mask_agree():
     assert torch.equal(bm.mask_mod(0, 0, q, kv), m)
 
 
+def test_varlen_plan_is_the_mask_rule():
+    """The "varlen" backend's segments (one FlashAttention varlen call) give exactly the dense mask's attention:
+    random q/k/v with grouped-query heads, groups of 2 and 3 sequences, a group with no common prefix, one whose
+    sequences equal their prefix (empty tails), an empty first tail, and end pads."""
+    groups = [[[1, 5, 6, 7, 2], [1, 5, 6, 9, 9, 2]], [[1, 3], [4]], [[1, 4, 4], [1, 4, 4]],
+              [[1, 7, 8], [1, 7, 8, 9], [1, 7, 3]], [[1, 2], [1, 2, 6, 6]]]
+    p = pack_groups(groups, pack_multiple=8)
+    plan = varlen_plan(p)
+    n = p.input_ids.shape[1]
+    assert plan.cu_q[-1] == n and plan.cu_k[-1] == len(plan.kv_index)  # every token is a query exactly once
+    torch.manual_seed(0)
+    q, k, v = torch.randn(n, 4, 8), torch.randn(n, 2, 8), torch.randn(n, 2, 8)
+    got = varlen_reference(q, k.index_select(0, plan.kv_index), v.index_select(0, plan.kv_index), plan, None)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1).repeat_interleave(2, 0), v.transpose(0, 1).repeat_interleave(2, 0),
+        attn_mask=dense_mask(p)[0]).transpose(0, 1)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("gqa_keyword", [True, False])
+def test_varlen_kernel_call_adapts_to_the_torch_version(monkeypatch, gqa_keyword):
+    """torch 2.11 (the GPU box) has no `enable_gqa`: the key/value heads are repeated instead; later versions get the
+    keyword. A stand-in with each signature checks what the real kernel would receive (CPU: no FlashAttention)."""
+    import torch.nn.attention.varlen as varlen_module
+
+    import helpers.prefix_sharing as ps
+
+    p = pack_groups([[[1, 5, 6, 7, 2], [1, 5, 6, 9, 9, 2]], [[1, 3, 4], [1, 3, 8, 8]]])
+    plan = varlen_plan(p)
+    seen = {}
+
+    def fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+             **kw):  # the keyword set is chosen below through __signature__
+        seen.update(kw, window_size=window_size, heads=(query.shape[1], key.shape[1]))
+        groups = query.shape[1] // key.shape[1]
+        full = (key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1))
+        return varlen_reference(query, *full, plan, scale)
+
+    import inspect
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in
+              ("query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k")]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in
+               ("scale", "window_size") + (("enable_gqa",) if gqa_keyword else ())]
+    fake.__signature__ = inspect.Signature(params)
+    monkeypatch.setattr(varlen_module, "varlen_attn", fake)
+    monkeypatch.setattr(ps, "_VARLEN_PARAMETERS", None)
+    n = p.input_ids.shape[1]
+    q, k, v = torch.randn(n, 4, 8), torch.randn(n, 2, 8), torch.randn(n, 2, 8)
+    kk, vv = k.index_select(0, plan.kv_index), v.index_select(0, plan.kv_index)
+    got = ps._varlen_kernel(q, kk, vv, plan, 0.3)
+    assert seen["window_size"] == (-1, 0)  # causal, aligned to the bottom right
+    assert seen.get("enable_gqa") is (True if gqa_keyword else None)
+    assert seen["heads"] == ((4, 2) if gqa_keyword else (4, 4))
+    assert torch.allclose(got, varlen_reference(q, kk, vv, plan, 0.3), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------- decoder
 
 
@@ -126,7 +182,8 @@ def test_packed_hidden_states_equal_unshared_sequences():
     with torch.no_grad():
         alone = [decoder(input_ids=torch.tensor([s])).last_hidden_state[0] for g in seqs for s in g]
         with prefix_sharing_attention(model):
-            for backend, rows in (("dense", None), ("dense", 9), ("flex_eager", None), ("flex_eager", 9)):
+            for backend, rows in (("dense", None), ("dense", 9), ("flex_eager", None), ("flex_eager", 9),
+                                  ("varlen", None), ("varlen_reference", None)):  # fp32: varlen runs its reference
                 p = pack_groups(seqs, pad_id=0, pack_multiple=16, row_tokens=rows)
                 assert p.input_ids.shape[0] == (1 if rows is None else 3)
                 h = run_packed_decoder(decoder, p, backend)
@@ -164,7 +221,7 @@ def test_batch_has_the_edge_cases(setup):
     assert (batch["chosen_attention_mask"] == 0).any(), "unshared rows are padded"
 
 
-@pytest.mark.parametrize("backend", ["dense", "flex_eager"])
+@pytest.mark.parametrize("backend", ["dense", "flex_eager", "varlen"])
 def test_loss_and_metrics_match_trl(setup, backend):
     model, trl, fast, batch = setup
     model.eval()
@@ -191,10 +248,11 @@ def test_per_pair_logps_match_trl(setup):
         assert _rel(got[i], ref[i]) < 1e-4, i
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_lora_gradients_match_trl(setup, checkpointing):
+@pytest.mark.parametrize("checkpointing,backend", [(False, "auto"), (True, "auto"), (True, "varlen")])
+def test_lora_gradients_match_trl(setup, checkpointing, backend):
     model, trl, fast, batch = setup
     model.train()
+    fast.share_prompt_backend = backend  # "auto" on a CPU: the dense mask
     if checkpointing:  # checkpointed layers recompute their forward inside backward: the packed mask must hold there
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     grads = []
@@ -205,6 +263,7 @@ def test_lora_gradients_match_trl(setup, checkpointing):
                 trainer.get_batch_loss_metrics(model, batch)[0].backward()
             grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
     finally:
+        fast.share_prompt_backend = FastORPOTrainer.share_prompt_backend
         if checkpointing:
             model.gradient_checkpointing_disable()
         model.zero_grad()
@@ -251,7 +310,7 @@ def test_scorer_sharing_gives_the_same_scores(setup):
     prompts, answers = PROMPTS + PROMPTS, ANSWERS + rejected  # chosen and rejected in one call: prompts shared
     ref = mean_answer_logps(model, tokenizer, prompts, answers)
     for budget in (1, 40, 10_000):  # one group per row, a few, all in one row
-        for backend in ("dense", "flex_eager"):
+        for backend in ("dense", "flex_eager", "varlen"):
             got = mean_answer_logps(model, tokenizer, prompts, answers, max_batch_tokens=budget, share_prompt=True,
                                     share_prompt_backend=backend)
             assert got == pytest.approx(ref, abs=1e-5), (budget, backend)

@@ -81,6 +81,42 @@ def test_latest_valid_checkpoint_skips_incomplete_ones(tmp_path, capsys):
     assert "checkpoint-150" in out and "checkpoint-200" in out
 
 
+def test_fsdp_sharded_checkpoints_are_not_resumed_and_say_so(tmp_path, capsys):
+    folder = tmp_path / "checkpoint-8"
+    (folder / "pytorch_model_fsdp_0").mkdir(parents=True)  # what the Trainer writes under FSDP: no adapter file
+    (folder / "trainer_state.json").write_text("{}")
+    assert latest_valid_checkpoint(tmp_path) is None
+    assert "FSDP sharded checkpoint" in capsys.readouterr().out
+
+
+def test_saved_adapter_check_fails_loudly_on_a_missing_or_empty_tensor(tmp_path):
+    """Notebook 04 checks the file it saved: an FSDP run on 2 GPUs wrote an adapter without its LoRA weights and
+    notebook 05 silently evaluated the base model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from helpers.modeling import adapter_tensor_names, check_saved_adapter
+
+    cfg = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1)
+    model = get_peft_model(MistralForCausalLM(cfg), LoraConfig(r=2, target_modules="all-linear",
+                                                               task_type="CAUSAL_LM"))
+    expected = adapter_tensor_names(model)
+    assert len(expected) == 14 and all(".default." not in n for n in expected)  # 7 modules x (A, B)
+    model.save_pretrained(tmp_path / "ok")
+    assert check_saved_adapter(tmp_path / "ok", expected) == 14
+    model.save_pretrained(tmp_path / "none", state_dict={})  # what the FSDP run's file amounted to
+    with pytest.raises(RuntimeError, match="0 tensors saved, 14 trainable LoRA tensors.*missing 14"):
+        check_saved_adapter(tmp_path / "none", expected)
+    tensors = load_file(tmp_path / "ok" / "adapter_model.safetensors")
+    first = sorted(tensors)[0]
+    save_file({**tensors, first: torch.empty(0)}, tmp_path / "ok" / "adapter_model.safetensors")
+    with pytest.raises(RuntimeError, match="empty 1"):
+        check_saved_adapter(tmp_path / "ok", expected)
+
+
 def test_rundir_require_names_the_notebook(tmp_path):
     run = RunDir(tmp_path / "r")
     with pytest.raises(FileNotFoundError, match="run notebook 04 first"):
