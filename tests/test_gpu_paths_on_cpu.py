@@ -68,8 +68,9 @@ def test_h100_settings_survive_a_kill_mid_training_and_resume():
 
 
 def test_prefix_sharing_through_the_notebooks_trains_and_scores_like_the_unshared_run():
-    """`-p share_prompt true` on the h100 profile's trainer path, 01 -> 05: the packed [prompt, chosen, rejected]
-    segments (a dense mask on a CPU, fp32) give the same loss curve and the same held-out scores as the unshared run."""
+    """`-p share_prompt true` vs `false` on the h100 profile's trainer path (which shares by default), 01 -> 05: the
+    packed [prompt, chosen, rejected] segments (a dense mask on a CPU, fp32) give the same loss curve and the same
+    held-out scores as the unshared run."""
     runs = {}
     for share in (False, True):
         runs[share] = outputs_root() / f"rehearse-h100-share-{share}"
