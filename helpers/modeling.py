@@ -84,7 +84,7 @@ def check_saved_adapter(adapter_dir: Path, expected: set[str]) -> int:
             f"{len(expected)} trainable LoRA tensors in the model; missing {len(missing)} (e.g. {missing[:2]}), "
             f"empty {len(empty)} (e.g. {empty[:2]}); saved names e.g. {sorted(saved)[:2]}. Notebook 05 would "
             "evaluate the base model. Fix: with distributed=fsdp, train with distributed=ddp instead (FSDP's adapter "
-            "saving is not verified yet: README, Several GPUs); otherwise please report it with this message.")
+            "saving is not verified on GPUs yet: README, Several GPUs); otherwise please report it with this message.")
     return len(saved)
 
 
