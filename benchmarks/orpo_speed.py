@@ -524,7 +524,7 @@ SAME_MATH_MODES = {
     "fast": ("fast", True, True),              # our loss path as notebook 04 trains with it
     "trl_fast_kernels": ("trl", False, True),  # TRL's path on our kernels: what the kernel choice alone changes
     "shared_exact": ("shared_dense", False, False),  # prefix sharing, dense boolean mask + PyTorch's SDPA choice
-    "shared": ("shared", True, True),                # prefix sharing as the shared run trains (FlexAttention on GPU)
+    "shared": ("shared", True, True),                # prefix sharing as trained ("auto": varlen kernel on a GPU)
 }
 
 
@@ -963,6 +963,9 @@ def main(argv=None) -> dict:
         r = run_training("fast", tr, a.warmup, a.profile_steps)
         r["pairs_per_step"] = fast_cfg.per_device_train_batch_size * fast_cfg.gradient_accumulation_steps
         r["share_prompt"] = bool(tr.share_prompt)
+        if tr.share_prompt:  # which attention kernel applied the packed mask ("auto" resolved on this machine)
+            from helpers.prefix_sharing import resolve_backend
+            r["share_prompt_backend"] = resolve_backend(tr.share_prompt_backend, tr.accelerator.device)
         result["runs"]["fast"] = r
         result["same_math"] = same_math(tr)
         log(f"same math: {result['same_math']}")

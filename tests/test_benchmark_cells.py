@@ -181,3 +181,22 @@ def test_pair_token_counts_and_ceiling_fraction(bench):
     flops = 4 * bench.linear_params(cfg) * 1000 + 4 * cfg["vocab_size"] * cfg["hidden_size"] * 500
     assert got["ceiling_fraction"] == pytest.approx(flops / 2.0 / 800e12, abs=1e-3)
     assert bench.ceiling_fraction(run, cfg, None) == {}
+
+
+@pytest.mark.slow
+def test_the_speed_benchmark_runs_end_to_end_on_a_tiny_model(bench, tmp_path):
+    """`orpo_speed.py --tiny`: every part of one benchmark run on a CPU (numbers meaningless, plumbing real). The
+    h100 profile shares prompts, so the comparison run is `unshared`: it must compute more tokens per needed token
+    (padding, the prompt twice) than notebook 04's fast run, and a `noshare` variant switches sharing off."""
+    result = bench.main(["--tiny", "--out", str(tmp_path / "tiny.json"), "--work-dir", str(tmp_path / "work"),
+                         "--variants", "2:1:noshare"])
+    runs = result["runs"]
+    assert {"seed", "fast", "unshared", "t4_settings", "fast_mb2_ckpt1_noshare"} <= set(runs)
+    assert all(r.get("tokens_per_s") for r in runs.values())
+    assert runs["fast"]["share_prompt"] and not runs["unshared"]["share_prompt"]
+    assert not runs["fast_mb2_ckpt1_noshare"]["share_prompt"]
+    assert runs["fast"]["computed_over_needed"] < runs["unshared"]["computed_over_needed"]
+    assert "speedup_fast_over_unshared" in result["summary"] and "shared" not in runs
+    assert result["same_math"]["ok_1e-3"] and result["same_math"]["shared_ok"]
+    assert result["eval"]["pairs"] > 0 and result["eval"]["scorer_shared_seconds"] > 0
+    assert json.loads((tmp_path / "tiny.json").read_text())["runs"].keys() == runs.keys()
