@@ -283,7 +283,7 @@ def fsdp_lora_state_dict(fsdp_model, adapter_name: str = "default") -> dict:
     model's modules, and strips `_fsdp_wrapped_module.` only at the START of a module name; FSDP's per-layer wrapping
     puts it in the middle (`...layers.0._fsdp_wrapped_module.self_attn...`), so nothing matches the gathered state
     dict's clean names and the adapter file comes out EMPTY, without an error (measured on 2 H200s; rebuilt on CPU in
-    tests/test_distributed.py). Here the gathered names are filtered directly.
+    tests/test_fsdp_adapter.py). Here the gathered names are filtered directly.
     """
     import torch
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType

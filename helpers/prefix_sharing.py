@@ -190,7 +190,7 @@ def varlen_plan(packed: PackedGroups) -> VarlenPlan:
             runs.append((start, i - start, group[start], segment[start]))
             start = i
     q_lens, k_ranges = [], []
-    prefix = {}  # group -> (start, length) of its prefix; popped when it opened a segment with its first tail
+    prefix = {}  # group -> (start, length) of its prefix: the later tails' keys start with it
     pending = None  # a prefix not yet in any segment
 
     def close_pending():
