@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from helpers.prefix_sharing import (_flex, _varlen_kernel, block_mask, pack_groups, varlen_plan,  # noqa: E402
-                                    varlen_reference)
+from helpers.prefix_sharing import _flex, block_mask, pack_groups, varlen_attention, varlen_plan  # noqa: E402
 
 
 def packed_row(pairs: int = 16, seed: int = 0):
@@ -52,10 +51,8 @@ def main() -> int:
     plan, bm = varlen_plan(packed), block_mask(packed)
     scale = 128 ** -0.5
 
-    def varlen(q, k, v, reference=False):  # what the registered attention function does for a varlen plan
-        qq = q[0].transpose(0, 1).contiguous()
-        kk, vv = (x[0].transpose(0, 1).index_select(0, plan.kv_index) for x in (k, v))
-        return (varlen_reference if reference else _varlen_kernel)(qq, kk, vv, plan, scale).unsqueeze(0)
+    def varlen(q, k, v, reference=False):  # what the registered attention function runs for a varlen plan
+        return varlen_attention(q, k, v, plan, scale, reference)
 
     def flex(q, k, v):
         return _flex(False)(q, k, v, block_mask=bm, scale=scale, enable_gqa=True).transpose(1, 2)

@@ -46,6 +46,7 @@ A registered attention function (`attention_implementation`) applies it and hand
 from __future__ import annotations
 
 import inspect
+import itertools
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -184,40 +185,26 @@ def varlen_plan(packed: PackedGroups) -> VarlenPlan:
     if packed.input_ids.shape[0] != 1:
         raise ValueError("the varlen backend packs everything into one row (row_tokens=None)")
     group, segment = packed.group[0].tolist(), packed.segment[0].tolist()
-    runs, start = [], 0  # (start, length, group, segment) of each run of equal (group, segment)
+    runs, start = [], 0  # (group, segment, (start, length)) of each run of equal (group, segment), in row order
     for i in range(1, len(group) + 1):
         if i == len(group) or group[i] != group[start] or segment[i] != segment[start]:
-            runs.append((start, i - start, group[start], segment[start]))
+            runs.append((group[start], segment[start], (start, i - start)))
             start = i
-    q_lens, k_ranges = [], []
-    prefix = {}  # group -> (start, length) of its prefix: the later tails' keys start with it
-    pending = None  # a prefix not yet in any segment
-
-    def close_pending():
-        if pending is not None:  # a group whose sequences all equal its prefix: the prefix alone, causal
-            q_lens.append(pending[1])
-            k_ranges.append([pending])
-
-    for start, length, g, seg in runs:
-        if g < 0 or seg == 0:
-            close_pending()
-            pending = None
-            if g < 0:
-                q_lens.append(length)
-                k_ranges.append([(start, length)])
-            else:
-                prefix[g] = pending = (start, length)
+    q_lens, k_ranges = [], []  # per segment: its query count, and the row ranges its keys are gathered from
+    for g, members in itertools.groupby(runs, key=lambda run: run[0]):
+        members = list(members)
+        if g < 0:  # end pads: their own causal run
+            q_lens += [n for _, _, (_, n) in members]
+            k_ranges += [[r] for _, _, r in members]
             continue
-        if pending is not None and prefix.get(g) == pending and pending[0] + pending[1] == start:
-            q_lens.append(pending[1] + length)  # [prefix | first tail]: contiguous, plain causal
-            k_ranges.append([(pending[0], pending[1] + length)])
-            pending = None
-            continue
-        close_pending()
-        pending = None
-        q_lens.append(length)
-        k_ranges.append(([prefix[g]] if g in prefix else []) + [(start, length)])
-    close_pending()
+        prefix = [r for _, seg, r in members if seg == 0]  # [] when the sequences share no first token
+        tails = [r for _, seg, r in members if seg > 0]  # empty tails have no run
+        first = (prefix[0][0], prefix[0][1] + (tails[0][1] if tails else 0)) if prefix else tails[0]
+        q_lens.append(first[1])  # [prefix | first tail]: contiguous in the row, plain causal
+        k_ranges.append([first])
+        for tail in tails[1:]:  # the later tails see the prefix, then themselves (bottom-right causal)
+            q_lens.append(tail[1])
+            k_ranges.append(prefix + [tail])
     device = packed.input_ids.device
     k_lens = [sum(n for _, n in ranges) for ranges in k_ranges]
     kv_index = torch.cat([torch.arange(a, a + n) for ranges in k_ranges for a, n in ranges])
@@ -324,6 +311,17 @@ def _varlen_kernel(q, k, v, plan: VarlenPlan, scale: float | None) -> torch.Tens
     return varlen_attn(q, k, v, plan.cu_q, plan.cu_k, plan.max_q, plan.max_k, **kw)
 
 
+def varlen_attention(query, key, value, plan: VarlenPlan, scale: float | None, reference: bool = False):
+    """Attention of one packed row under `plan`: query [1, Hq, T, D], key / value [1, Hkv, T, D] (as transformers
+    hands them over) -> [1, T, Hq, D]. The keys and values of each segment are gathered from the row; float32
+    inputs (and `reference`) take the exact SDPA path, since the flash kernels run in half precision only."""
+    q = query[0].transpose(0, 1).contiguous()
+    k = key[0].transpose(0, 1).index_select(0, plan.kv_index)
+    v = value[0].transpose(0, 1).index_select(0, plan.kv_index)
+    exact = reference or q.dtype not in (torch.float16, torch.bfloat16)
+    return (varlen_reference if exact else _varlen_kernel)(q, k, v, plan, scale).unsqueeze(0)
+
+
 def _make_attention(original: str | None):
     """An attention function (transformers' AttentionInterface signature) that applies prefix-sharing masks and
     forwards everything else to the `original` implementation."""
@@ -333,14 +331,9 @@ def _make_attention(original: str | None):
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         varlen = getattr(attention_mask, "_prefix_sharing_varlen", None) if isinstance(
             attention_mask, torch.Tensor) else None
-        if varlen is not None:  # query [1, Hq, T, D], key / value [1, Hkv, T, D] -> [1, T, Hq, D]
+        if varlen is not None:
             plan, reference = varlen
-            q = query[0].transpose(0, 1).contiguous()
-            k = key[0].transpose(0, 1).index_select(0, plan.kv_index)
-            v = value[0].transpose(0, 1).index_select(0, plan.kv_index)
-            exact = reference or q.dtype not in (torch.float16, torch.bfloat16)  # flash kernels: half precision only
-            out = (varlen_reference if exact else _varlen_kernel)(q, k, v, plan, scaling)
-            return out.unsqueeze(0), None
+            return varlen_attention(query, key, value, plan, scaling, reference), None
         if isinstance(attention_mask, BlockMask) and hasattr(attention_mask, "_prefix_sharing_eager"):
             out = _flex(attention_mask._prefix_sharing_eager)(query, key, value, block_mask=attention_mask,
                                                               scale=scaling, enable_gqa=True)
@@ -420,5 +413,5 @@ def run_packed_decoder(decoder: torch.nn.Module, packed: PackedGroups, backend: 
 
 __all__ = ["BACKENDS", "DENSE_ROW_TOKENS", "PackedGroups", "VarlenPlan", "attention_implementation", "block_mask",
            "common_prefix_len", "dense_mask", "pack_groups", "packed_inputs", "packed_mask", "prefix_sharing_attention",
-           "resolve_backend", "row_tokens_for", "run_packed_decoder", "varlen_available", "varlen_plan",
-           "varlen_reference"]
+           "resolve_backend", "row_tokens_for", "run_packed_decoder", "varlen_attention", "varlen_available",
+           "varlen_plan", "varlen_reference"]
