@@ -762,13 +762,16 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
     run_dir = outputs_dir / run_name
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time (the work folder is scratch)
     (args.work / "logs").mkdir(parents=True, exist_ok=True)
-    series = args.series_parameters
     extra = profile_parameters(args, profile)  # --param PROFILE:NAME=VALUE, e.g. h100:num_processes=2
-    params = runner_parameters(build_info, {**series, **extra})
+    # what this run was asked for: a --param max_steps=12 moves the expected last step and evaluations too
+    series = {**args.series_parameters,
+              **{k: int(v) for k, v in extra.items() if k in ("max_steps", "eval_steps", "save_steps")}}
+    params = runner_parameters(build_info, {**args.series_parameters, **extra})
     cmd = runner_command(profile, run_name, params)
     extra_env = {"ORPO_OUTPUTS_DIR": str(outputs_dir), **RUNNER_ENV, **PROFILE_ENV.get(profile, {})}
     env = {**os.environ, **extra_env}
-    record = {"profile": profile, "run_name": run_name, "run_dir": str(run_dir), "env": extra_env, "command": cmd,
+    fsdp = extra.get("distributed", "").lower() == "fsdp"
+    record = {"profile": profile, "run_name": run_name, "expected": series, "run_dir": str(run_dir), "env": extra_env, "command": cmd,
               "command_line": command_line(profile, cmd),
               "kill_at_step": kill_step or None, "attempts": []}
     log(f"profile {profile}: {record['command_line']}")
@@ -807,13 +810,17 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
         checks["reached_max_steps"] = summary.get("global_step") == series["max_steps"]
         checks["train_loss_finite"] = math.isfinite(summary.get("train_loss", math.nan))
         processes = int(extra.get("num_processes", 1))
-        if processes > 1:  # DDP: N processes trained, and ended with identical LoRA weights
+        if processes > 1:  # N processes trained; under DDP they end with identical LoRA weights
             notebook04 = run_dir / "notebooks" / "04_orpo_training.ipynb"
             checks["trained_on_all_processes"] = summary.get("processes") == processes
-            checks["replicas_identical"] = notebook04.exists() and \
-                f"identical in all {processes} processes" in notebook04.read_text()
+            if not fsdp:  # FSDP shards the weights: there are no replicas to compare
+                checks["replicas_identical"] = notebook04.exists() and \
+                    f"identical in all {processes} processes" in notebook04.read_text()
         checks["eval_metrics_finite"] = all(math.isfinite(record["eval"][m]["reward_accuracy"])
                                             for m in ("base", "tuned"))
+        # an empty or unloaded adapter scores exactly like the base model (what the first FSDP run did)
+        checks["adapter_changed_the_model"] = any(record["eval"]["tuned"].get(k) != record["eval"]["base"].get(k)
+                                                  for k in ("mean_chosen_logp", "mean_rejected_logp", "mean_margin"))
     if kill_step:
         resumed_lines = [line.strip() for line in final["output"] if "Resuming from checkpoint-" in line]
         resume = {"killed": record["attempts"][0]["killed"],
@@ -823,12 +830,19 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
                   "rerun": len(record["attempts"]) > 1, "resume_lines": resumed_lines,
                   "steps_trained_after_resume": (record["train_summary"] or {}).get("steps")}
         resume["resumed"] = resume["rerun"] and any(f"checkpoint-{kill_step}" in l for l in resumed_lines)
+        # FSDP's sharded checkpoints are not resumed (a documented limit): the rerun must say so and train
+        # every step again, rather than load a half-compatible state
+        resume["restart_announced"] = any(f"Not resuming from checkpoint-{kill_step}: an FSDP sharded" in line
+                                          for line in final["output"])
         record["kill_resume"] = resume
         checks["killed_at_checkpoint"] = resume["killed"]
-        checks["resumed_from_checkpoint"] = resume["resumed"]
+        if fsdp:
+            checks["fsdp_restart_announced"] = resume["rerun"] and resume["restart_announced"]
+        else:
+            checks["resumed_from_checkpoint"] = resume["resumed"]
         if record["completed"]:
-            checks["trained_only_remaining_steps"] = (resume["steps_trained_after_resume"]
-                                                      == series["max_steps"] - kill_step)
+            checks["trained_only_remaining_steps" if not fsdp else "trained_all_steps_again"] = (
+                resume["steps_trained_after_resume"] == series["max_steps"] - (0 if fsdp else kill_step))
     record["checks"] = checks
     record["passed"] = all(checks.values())
     if not record["passed"]:

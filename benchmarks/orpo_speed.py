@@ -606,7 +606,7 @@ def load_like_notebook_05(model_path: Path, adapter_path: Path, device: str):
 
 
 def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_sizes=(8, 2),
-               share_prompt: bool = True) -> dict:
+               share_prompt: bool = True, shared_budgets: tuple = ()) -> dict:
     """Notebook 05's held-out scoring (helpers.scoring.mean_answer_logps, chosen + rejected answers of every pair)
     vs ORPOTrainer.evaluate on the same pairs.
 
@@ -614,7 +614,8 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
     8 other pairs) and is extrapolated linearly to all pairs; the faster batch size is the reference. The scorer
     runs on all pairs, on `scorer_model` loaded the way notebook 05 loads it. Agreement: the scorer on the trainer's
     own model and the subset reproduces evaluate's mean chosen/rejected log-probs. With `share_prompt`, the scorer
-    is also timed with prefix sharing (chosen + rejected in one call), and its scores compared with the unshared ones.
+    is also timed with prefix sharing (chosen + rejected in one call), and its scores compared with the unshared ones;
+    `shared_budgets` times it again at other `max_batch_tokens` (notebook 05 uses the default, 16384).
     """
     from trl.data_utils import maybe_apply_chat_template
 
@@ -666,6 +667,16 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
                   "shared_over_unshared_scorer": round(t_all / t_shared, 2),
                   "shared_max_abs_diff_on_subset": float(np.max(np.abs(np.subtract(sub_shared, sub_plain))))}
         log(f"scorer with prompt sharing: {shared}")
+        for budget in shared_budgets:  # the same call with another row size: fewer, larger rows
+            sync()
+            t0 = time.perf_counter()
+            mean_answer_logps(scorer_model, tokenizer, [*prompts, *prompts], [*chosen, *rejected], share_prompt=True,
+                              max_batch_tokens=budget)
+            sync()
+            t_budget = time.perf_counter() - t0
+            shared.setdefault("shared_by_max_batch_tokens", {})[str(budget)] = {
+                "seconds": round(t_budget, 2), "speedup": round(t_ref / t_budget, 2)}
+            log(f"scorer with prompt sharing, max_batch_tokens {budget}: {t_budget:.2f} s")
     return {
         "pairs": n, "evaluate_pairs_run": subset, "evaluate": evaluate, "evaluate_reference_batch_size": ref_bs,
         "evaluate_seconds_extrapolated": t_ref,
@@ -810,6 +821,8 @@ def main(argv=None) -> dict:
                     "untimed step: the longest batch comes first under length grouping)")
     ap.add_argument("--eval-pairs", type=int, default=2000)
     ap.add_argument("--evaluate-subset", type=int, default=64, help="pairs ORPOTrainer.evaluate runs (extrapolated)")
+    ap.add_argument("--scorer-budgets", default="", help="comma list of other max_batch_tokens at which the shared "
+                    "scorer is timed again, e.g. 32768 (notebook 05 uses the default, 16384)")
     ap.add_argument("--variants", default="", help="extra fast-path variants on the same model, e.g. "
                     "'16:all:cudnn,8:20' = micro-batch:checkpointed-layers[:flags] (see `variant`)")
     ap.add_argument("--evaluate-batch-sizes", default="8,2", help="eval batch sizes ORPOTrainer.evaluate is timed at "
@@ -934,7 +947,8 @@ def main(argv=None) -> dict:
             scorer_model = load_like_notebook_05(path, work / "seed_adapter", device)
             result["eval"] = eval_speed(tr, evald, a.evaluate_subset, scorer_model, tokenizer,
                                         [int(b) for b in a.evaluate_batch_sizes.split(",")],
-                                        share_prompt="shared_eval" not in skip)
+                                        share_prompt="shared_eval" not in skip,
+                                        shared_budgets=[int(b) for b in a.scorer_budgets.split(",") if b])
             if not a.tiny:
                 result["eval"]["bound"] = scoring_bound(result)
             log(f"eval: {result['eval']}")

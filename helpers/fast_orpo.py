@@ -333,7 +333,7 @@ class FastORPOTrainer(ORPOTrainer):
         hidden_idx, targets, rows, in_nll, in_logp = map(cat, (hidden_idx, targets, rows, in_nll, in_logp))
 
         decoder, head = decoder_and_head(model)
-        packed = packed.to(device)
+        packed = packed.to(device, backend)  # the varlen plan is built on the CPU, before the copy
         hidden = self._packed_states(model, decoder, packed, backend)  # [rows * width, H]
         tok = token_logps(hidden[hidden_idx], autocast_weight(head.weight), targets, self.logits_chunk)
 

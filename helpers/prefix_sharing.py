@@ -88,11 +88,27 @@ class PackedGroups:
     index: list[torch.Tensor]
     prefix_lens: list[int]
     n_real: int  # packed tokens before the end padding
+    varlen: VarlenPlan | None = None  # the "varlen" backend's plan, when `to(device, backend)` built it
 
-    def to(self, device) -> PackedGroups:
-        mv = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    def to(self, device, backend: str | None = None) -> PackedGroups:
+        """The rows on `device`. For the varlen backends the plan is built here from the CPU tensors first: built
+        from GPU tensors it would wait for the GPU (`.tolist()`), so the CPU could not prepare the next batch
+        while the GPU runs this one. On CUDA the copies come from pinned memory, so they too do not wait."""
+        device = torch.device(device)
+        plan = self.varlen
+        if plan is None and backend in ("varlen", "varlen_reference") and self.input_ids.device.type == "cpu":
+            plan = varlen_plan(self)
+        mv = lambda t: copy_without_waiting(t, device)  # noqa: E731
         return PackedGroups(mv(self.input_ids), mv(self.position_ids), mv(self.group), mv(self.segment),
-                            [mv(i) for i in self.index], self.prefix_lens, self.n_real)
+                            [mv(i) for i in self.index], self.prefix_lens, self.n_real,
+                            plan.to(device) if plan is not None else None)
+
+
+def copy_without_waiting(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; a CPU -> CUDA copy goes through pinned memory, so the CPU does not wait for it."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def pack_groups(groups: list[list[list[int]]], pad_id: int = 0, pack_multiple: int = 1,
@@ -175,6 +191,12 @@ class VarlenPlan:
     max_q: int
     max_k: int
 
+    def to(self, device) -> VarlenPlan:
+        if self.cu_q.device == torch.device(device):
+            return self
+        return VarlenPlan(*(t.to(device, non_blocking=True) for t in (self.kv_index, self.cu_q, self.cu_k)),
+                          self.max_q, self.max_k)
+
 
 def varlen_plan(packed: PackedGroups) -> VarlenPlan:
     """The segments of the module docstring's "varlen" backend for a one-row `packed`.
@@ -215,12 +237,13 @@ def varlen_plan(packed: PackedGroups) -> VarlenPlan:
 
 
 def varlen_available() -> bool:
-    """FlashAttention's varlen kernel through PyTorch (torch >= 2.9 on a CUDA GPU)."""
+    """FlashAttention's varlen kernel through PyTorch (torch >= 2.9 on a CUDA GPU of compute capability >= 8:
+    FlashAttention-2 has no kernels for a T4 or a V100, which get FlexAttention)."""
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available()
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -239,7 +262,8 @@ def packed_mask(packed: PackedGroups, backend: str):
     if backend in ("varlen", "varlen_reference"):
         n = packed.input_ids.shape[1]
         carrier = torch.ones((), dtype=torch.bool, device=packed.input_ids.device).expand(1, 1, n, n)
-        carrier._prefix_sharing_varlen = (varlen_plan(packed), backend == "varlen_reference")
+        plan = packed.varlen if packed.varlen is not None else varlen_plan(packed)
+        carrier._prefix_sharing_varlen = (plan, backend == "varlen_reference")
         return carrier
     return dense_mask(packed) if backend == "dense" else _tagged(block_mask(packed), eager=backend == "flex_eager")
 
@@ -412,6 +436,6 @@ def run_packed_decoder(decoder: torch.nn.Module, packed: PackedGroups, backend: 
 
 
 __all__ = ["BACKENDS", "DENSE_ROW_TOKENS", "PackedGroups", "VarlenPlan", "attention_implementation", "block_mask",
-           "common_prefix_len", "dense_mask", "pack_groups", "packed_inputs", "packed_mask", "prefix_sharing_attention",
-           "resolve_backend", "row_tokens_for", "run_packed_decoder", "varlen_attention", "varlen_available",
-           "varlen_plan", "varlen_reference"]
+           "common_prefix_len", "copy_without_waiting", "dense_mask", "pack_groups", "packed_inputs", "packed_mask",
+           "prefix_sharing_attention", "resolve_backend", "row_tokens_for", "run_packed_decoder", "varlen_attention",
+           "varlen_available", "varlen_plan", "varlen_reference"]

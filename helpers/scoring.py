@@ -166,8 +166,8 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
 
 def _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chunk, backend) -> list[float]:
     """mean_answer_logps(share_prompt=True): groups of answers to one prompt, packed into padding-free rows."""
-    from .prefix_sharing import (common_prefix_len, pack_groups, prefix_sharing_attention, resolve_backend,
-                                 row_tokens_for, run_packed_decoder)
+    from .prefix_sharing import (common_prefix_len, copy_without_waiting, pack_groups, prefix_sharing_attention,
+                                 resolve_backend, row_tokens_for, run_packed_decoder)
 
     groups: dict[tuple, list[int]] = {}
     for i, (seq, prompt_len) in enumerate(encoded):
@@ -187,28 +187,34 @@ def _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chu
     if row:
         rows.append(row)
 
-    result = [math.nan] * len(encoded)
+    # nothing below waits for the GPU until the end: the plan is built on the CPU and the means stay on the GPU,
+    # so the CPU packs the next row while the GPU computes this one (one transfer of all the scores at the end)
+    orders, means = [], []
     with _scoring_session(model, tokenizer) as (device, pad, decoder, head, autocast):
         backend = resolve_backend(backend, device)
         for row in rows:
             order = [i for members in row for i in members]  # sequence k of the packed row = encoded[order[k]]
             packed = pack_groups([[encoded[i][0] for i in members] for members in row], pad_id=pad,
                                  pack_multiple=128 if backend == "flex" else 1, row_tokens=row_tokens_for(backend))
-            hidden_idx, targets, which = [], [], []
+            hidden_idx, targets, which, counts = [], [], [], []
             for k, i in enumerate(order):
                 seq, prompt_len = encoded[i]
                 t = torch.arange(max(prompt_len, 1), len(seq))  # answer tokens, each predicted at t - 1
                 hidden_idx.append(packed.index[k][t - 1])
                 targets.append(torch.tensor(seq)[t])
                 which.append(torch.full((len(t),), k))
-            hidden_idx, targets, which = (torch.cat(x).to(device) for x in (hidden_idx, targets, which))
+                counts.append(torch.tensor([max(len(t), 1)], dtype=torch.float64))
+            hidden_idx, targets, which, counts = (copy_without_waiting(torch.cat(x), device)
+                                                  for x in (hidden_idx, targets, which, counts))
             with autocast, attention_backends(), fused_lora(model), prefix_sharing_attention(model):
-                hidden = run_packed_decoder(decoder, packed.to(device), backend)
+                hidden = run_packed_decoder(decoder, packed.to(device, backend), backend)
                 tok = token_logps(hidden[hidden_idx], autocast_weight(head.weight), targets, logits_chunk)
             sums = torch.zeros(len(order), device=tok.device, dtype=torch.float64).index_add_(0, which, tok.double())
-            counts = torch.bincount(which, minlength=len(order)).clamp(min=1)
-            for k, mean in enumerate((sums / counts).tolist()):
-                result[order[k]] = mean
+            orders += order
+            means.append(sums / counts)
+    result = [math.nan] * len(encoded)
+    for i, mean in zip(orders, torch.cat(means).tolist() if means else [], strict=True):
+        result[i] = mean
     return result
 
 

@@ -189,7 +189,7 @@ def test_the_speed_benchmark_runs_end_to_end_on_a_tiny_model(bench, tmp_path):
     h100 profile shares prompts, so the comparison run is `unshared`: it must compute more tokens per needed token
     (padding, the prompt twice) than notebook 04's fast run, and a `noshare` variant switches sharing off."""
     result = bench.main(["--tiny", "--out", str(tmp_path / "tiny.json"), "--work-dir", str(tmp_path / "work"),
-                         "--variants", "2:1:noshare"])
+                         "--variants", "2:1:noshare", "--scorer-budgets", "64"])
     runs = result["runs"]
     assert {"seed", "fast", "unshared", "t4_settings", "fast_mb2_ckpt1_noshare"} <= set(runs)
     assert all(r.get("tokens_per_s") for r in runs.values())
@@ -199,4 +199,5 @@ def test_the_speed_benchmark_runs_end_to_end_on_a_tiny_model(bench, tmp_path):
     assert "speedup_fast_over_unshared" in result["summary"] and "shared" not in runs
     assert result["same_math"]["ok_1e-3"] and result["same_math"]["shared_ok"]
     assert result["eval"]["pairs"] > 0 and result["eval"]["scorer_shared_seconds"] > 0
+    assert result["eval"]["shared_by_max_batch_tokens"]["64"]["seconds"] > 0
     assert json.loads((tmp_path / "tiny.json").read_text())["runs"].keys() == runs.keys()

@@ -135,6 +135,24 @@ def test_varlen_plan_is_the_mask_rule():
     assert torch.allclose(got, ref, atol=1e-5)
 
 
+def test_varlen_plan_is_built_before_the_copy(monkeypatch):
+    """`PackedGroups.to(device, "varlen")` builds the plan from the CPU tensors and the mask uses that plan: built
+    later from GPU tensors it would make the CPU wait for the GPU at every forward (scorer and trainer)."""
+    import helpers.prefix_sharing as ps
+
+    p = pack_groups([[[1, 5, 6, 7, 2], [1, 5, 6, 9, 9, 2]], [[1, 3], [4]]])
+    for backend in ("dense", "flex"):  # no plan for the other backends
+        assert p.to("cpu", backend).varlen is None
+    moved = p.to("cpu", "varlen")
+    want = varlen_plan(p)
+    assert all(torch.equal(getattr(moved.varlen, f), getattr(want, f)) for f in ("kv_index", "cu_q", "cu_k"))
+    assert (moved.varlen.max_q, moved.varlen.max_k) == (want.max_q, want.max_k)
+    monkeypatch.setattr(ps, "varlen_plan", lambda packed: pytest.fail("plan rebuilt after the copy"))
+    carrier = ps.packed_mask(moved, "varlen")
+    assert carrier._prefix_sharing_varlen[0] is moved.varlen
+    assert moved.to("cpu", "varlen").varlen is moved.varlen  # a second move keeps it
+
+
 @pytest.mark.parametrize("gqa_keyword", [True, False])
 def test_varlen_kernel_call_adapts_to_the_torch_version(monkeypatch, gqa_keyword):
     """torch 2.11 (the GPU box) has no `enable_gqa`: the key/value heads are repeated instead; later versions get the
@@ -362,3 +380,15 @@ def test_sequences_longer_than_the_sliding_window_use_the_unshared_path(setup):
         config.sliding_window = saved
     assert fast.last_packed_tokens is None  # the shared path did not run
     assert _rel(loss_f, loss_t) < RTOL
+
+
+@pytest.mark.parametrize(("capability", "want"), [((9, 0), "varlen"), ((8, 0), "varlen"), ((7, 5), "flex")])
+def test_auto_backend_follows_the_gpu(monkeypatch, capability, want):
+    """"auto" takes FlashAttention's varlen kernel on an A100/H100 and FlexAttention on a T4 (FlashAttention-2 has
+    no kernels below compute capability 8); on a CPU the dense mask."""
+    from helpers.prefix_sharing import resolve_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    assert resolve_backend("auto", torch.device("cuda")) == want
+    assert resolve_backend("auto", torch.device("cpu")) == "dense"
