@@ -595,14 +595,20 @@ def time_evaluate(trainer, dataset, batch_size: int) -> tuple[float, dict]:
     return time.perf_counter() - t0, metrics
 
 
-def load_like_notebook_05(model_path: Path, adapter_path: Path, device: str):
+def load_like_notebook_05(model_path: Path, adapter_path: Path, device: str, liger: bool = True):
     """The model notebook 05 scores with: the base in 4-bit (BitsAndBytesConfig as notebook 03 saves it) plus the
-    trained adapter via PeftModel.from_pretrained, in eval mode (its model cell, minus the run-folder plumbing)."""
+    trained adapter via PeftModel.from_pretrained, in eval mode, and on a GPU Liger's kernels as the h100 profile
+    (use_liger_kernel) has notebook 05 apply them (its model cell, minus the run-folder plumbing)."""
     from peft import PeftModel
+
+    from helpers.kernels import apply_liger_kernels
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     base = load_4bit(model_path, dtype, device)
-    return PeftModel.from_pretrained(base, str(adapter_path)).eval()
+    model = PeftModel.from_pretrained(base, str(adapter_path)).eval()
+    if liger and device == "cuda":
+        log(apply_liger_kernels(base, rope=True, rms_norm=True, swiglu=True))
+    return model
 
 
 def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_sizes=(8, 2),

@@ -201,3 +201,16 @@ def test_the_speed_benchmark_runs_end_to_end_on_a_tiny_model(bench, tmp_path):
     assert result["eval"]["pairs"] > 0 and result["eval"]["scorer_shared_seconds"] > 0
     assert result["eval"]["shared_by_max_batch_tokens"]["64"]["seconds"] > 0
     assert json.loads((tmp_path / "tiny.json").read_text())["runs"].keys() == runs.keys()
+
+
+@pytest.mark.slow
+def test_the_scorer_variants_script_runs_on_a_tiny_model(tmp_path):
+    """`benchmarks/scorer_variants.py --tiny`: its model, adapter and variants run on a CPU (the GPU-only Liger
+    variant and the profile are skipped there); changing the row budget keeps the scores."""
+    spec = importlib.util.spec_from_file_location("scorer_variants", ROOT / "benchmarks" / "scorer_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--tiny", "--pairs", "8", "--work-dir", str(tmp_path), "--out", str(tmp_path / "s.json")])
+    assert {"as_notebook_05", "budget_32k", "adapter_off", "lora_bf16"} <= set(result["variants"])
+    assert result["variants"]["budget_32k"]["max_abs_diff_vs_notebook"] < 1e-4
+    assert json.loads((tmp_path / "s.json").read_text())["pairs"] == 8

@@ -123,3 +123,30 @@ def test_fast_trainer_training_step_gives_trls_gradients(tmp_path):
     assert len(grads[0]) == 2 * 2 * len(TARGETS) and grads[0].keys() == grads[1].keys()
     for name, g_trl in grads[0].items():
         torch.testing.assert_close(grads[1][name], g_trl, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_apply_liger_kernels_patches_the_instance_or_says_why_not(monkeypatch):
+    """Notebook 05 applies Liger's kernels when the profile trained with them: the Trainer's own instance patcher
+    is called with the kernels asked for; without liger-kernel installed, one line says so and nothing changes."""
+    import importlib.util
+    import sys
+    import types
+
+    from helpers.kernels import apply_liger_kernels
+
+    model = object()
+    calls = []
+    fake = types.ModuleType("liger_kernel.transformers")
+    fake._apply_liger_kernel_to_instance = lambda model, **kw: calls.append((model, kw))
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "liger_kernel" else real_find_spec(name, *a))
+    msg = apply_liger_kernels(model, rope=True, rms_norm=True, swiglu=True)
+    assert calls == [(model, {"rope": True, "rms_norm": True, "swiglu": True})]
+    assert "rope, rms_norm, swiglu" in msg
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a))
+    assert "not installed" in apply_liger_kernels(model, rope=True)
+    assert len(calls) == 1
