@@ -755,6 +755,81 @@ def expected_precision_ok(profile: str, precision: dict | None) -> bool:
     return all(precision.get(k) == v for k, v in want.items())
 
 
+def judge(record: dict, profile: str, series: dict, extra: dict, kill_step: int, final_output: list[str],
+          notebook04_text: str) -> dict:
+    """The checks of one profile's run (True = as expected), from its record, the rerun's output lines and notebook
+    04's executed text; sets record["overlong_dropped"] and record["kill_resume"]. `series`: the parameters this run
+    was asked for; `extra`: its --param values (num_processes, distributed)."""
+    fsdp = extra.get("distributed", "").lower() == "fsdp"
+    checks = {"completed": record["completed"], "precision_as_expected": expected_precision_ok(profile,
+                                                                                            record["precision"])}
+    if record["completed"]:
+        report = record["data_report"] or {}
+        every = set(range(series["eval_steps"], series["max_steps"] + 1, series["eval_steps"]))
+        seen = set(record["eval_steps_seen"])
+        summary = record["train_summary"] or {}
+        record["overlong_dropped"] = dropped = overlong_dropped(report)
+        train_dropped = dropped.get("train", 0)  # and the test split's few overlong pairs too
+        checks["overlong_pairs_dropped"] = train_dropped > 0 and sum(dropped.values()) > train_dropped
+        # every eval_steps-th step, and the Trainer also evaluates after the last step
+        checks["in_training_evals_at_expected_steps"] = every <= seen <= every | {series["max_steps"]}
+        checks["reached_max_steps"] = summary.get("global_step") == series["max_steps"]
+        checks["train_loss_finite"] = math.isfinite(summary.get("train_loss", math.nan))
+        processes = int(extra.get("num_processes", 1))
+        if processes > 1:  # N processes trained; under DDP they end with identical LoRA weights
+            checks["trained_on_all_processes"] = summary.get("processes") == processes
+            if not fsdp:  # FSDP shards the weights: there are no replicas to compare
+                checks["replicas_identical"] = f"identical in all {processes} processes" in notebook04_text
+        checks["eval_metrics_finite"] = all(math.isfinite(record["eval"][m]["reward_accuracy"])
+                                            for m in ("base", "tuned"))
+        # an empty or unloaded adapter scores exactly like the base model (what the first FSDP run did)
+        checks["adapter_changed_the_model"] = any(record["eval"]["tuned"].get(k) != record["eval"]["base"].get(k)
+                                                  for k in ("mean_chosen_logp", "mean_rejected_logp", "mean_margin"))
+    if kill_step:
+        first = record["attempts"][0]
+        resumed_lines = [line.strip() for line in final_output if "Resuming from checkpoint-" in line]
+        resume = {"killed": first["killed"], "killed_after_s": first["killed_after_s"],
+                  "processes_killed": first["processes_killed"],
+                  "gpu_released_after_kill_s": first["gpu_released_after_kill_s"],
+                  "rerun": len(record["attempts"]) > 1, "resume_lines": resumed_lines,
+                  "steps_trained_after_resume": (record["train_summary"] or {}).get("steps")}
+        resume["resumed"] = resume["rerun"] and any(f"checkpoint-{kill_step}" in l for l in resumed_lines)
+        # FSDP's sharded checkpoints are not resumed (a documented limit): the rerun must say so and train
+        # every step again, rather than load a half-compatible state
+        resume["restart_announced"] = any(f"Not resuming from checkpoint-{kill_step}: an FSDP sharded" in line
+                                          for line in final_output)
+        record["kill_resume"] = resume
+        checks["killed_at_checkpoint"] = resume["killed"]
+        if fsdp:
+            checks["fsdp_restart_announced"] = resume["rerun"] and resume["restart_announced"]
+        else:
+            checks["resumed_from_checkpoint"] = resume["resumed"]
+        if record["completed"]:
+            checks["trained_only_remaining_steps" if not fsdp else "trained_all_steps_again"] = (
+                resume["steps_trained_after_resume"] == series["max_steps"] - (0 if fsdp else kill_step))
+    return checks
+
+
+def rejudge(result_path: Path, log_path: Path) -> int:
+    """Apply today's checks to a saved result (its JSON and the .log the wrapper wrote beside it): the log stands in
+    for the rerun's output and notebook 04's text. Prints each profile's checks; writes nothing."""
+    import ast
+
+    result = json.loads(result_path.read_text())
+    lines = log_path.read_text().splitlines()
+    params = ast.literal_eval(result["options"].get("param", "[]"))
+    ok = True
+    for profile, record in result["profiles"].items():
+        extra = profile_parameters(argparse.Namespace(param=params), profile)
+        series = {**result["series_parameters"],
+                  **{k: int(v) for k, v in extra.items() if k in ("max_steps", "eval_steps", "save_steps")}}
+        checks = judge(record, profile, series, extra, record.get("kill_at_step") or 0, lines, "\n".join(lines))
+        passed = all(checks.values())
+        ok &= passed
+        print(f"{profile}: {'PASSED' if passed else 'FAILED'} {json.dumps(checks)}")
+    return 0 if ok else 1
+
+
 def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: Deadline) -> dict:
     """One profile: (kill + resume, or one run), then its outputs and checks."""
     run_name = f"gpu-{profile}"
@@ -770,9 +845,8 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
     cmd = runner_command(profile, run_name, params)
     extra_env = {"ORPO_OUTPUTS_DIR": str(outputs_dir), **RUNNER_ENV, **PROFILE_ENV.get(profile, {})}
     env = {**os.environ, **extra_env}
-    fsdp = extra.get("distributed", "").lower() == "fsdp"
-    record = {"profile": profile, "run_name": run_name, "expected": series, "run_dir": str(run_dir), "env": extra_env, "command": cmd,
-              "command_line": command_line(profile, cmd),
+    record = {"profile": profile, "run_name": run_name, "expected": series, "run_dir": str(run_dir),
+              "env": extra_env, "command": cmd, "command_line": command_line(profile, cmd),
               "kill_at_step": kill_step or None, "attempts": []}
     log(f"profile {profile}: {record['command_line']}")
     kill_file = run_dir / "checkpoints" / f"checkpoint-{kill_step}" / "trainer_state.json" if kill_step else None
@@ -795,54 +869,9 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
             "runner_seconds": [a["runner_notebook_seconds"].get(name) for a in record["attempts"]],
             "peak_gpu_memory_MiB": max(peaks) if peaks else None}
     record["completed"] = final["returncode"] == 0 and record["eval"] is not None
-    checks = {"completed": record["completed"], "precision_as_expected": expected_precision_ok(profile,
-                                                                                            record["precision"])}
-    if record["completed"]:
-        report = record["data_report"] or {}
-        every = set(range(series["eval_steps"], series["max_steps"] + 1, series["eval_steps"]))
-        seen = set(record["eval_steps_seen"])
-        summary = record["train_summary"] or {}
-        record["overlong_dropped"] = dropped = overlong_dropped(report)
-        train_dropped = dropped.get("train", 0)  # and the test split's few overlong pairs too
-        checks["overlong_pairs_dropped"] = train_dropped > 0 and sum(dropped.values()) > train_dropped
-        # every eval_steps-th step, and the Trainer also evaluates after the last step
-        checks["in_training_evals_at_expected_steps"] = every <= seen <= every | {series["max_steps"]}
-        checks["reached_max_steps"] = summary.get("global_step") == series["max_steps"]
-        checks["train_loss_finite"] = math.isfinite(summary.get("train_loss", math.nan))
-        processes = int(extra.get("num_processes", 1))
-        if processes > 1:  # N processes trained; under DDP they end with identical LoRA weights
-            notebook04 = run_dir / "notebooks" / "04_orpo_training.ipynb"
-            checks["trained_on_all_processes"] = summary.get("processes") == processes
-            if not fsdp:  # FSDP shards the weights: there are no replicas to compare
-                checks["replicas_identical"] = notebook04.exists() and \
-                    f"identical in all {processes} processes" in notebook04.read_text()
-        checks["eval_metrics_finite"] = all(math.isfinite(record["eval"][m]["reward_accuracy"])
-                                            for m in ("base", "tuned"))
-        # an empty or unloaded adapter scores exactly like the base model (what the first FSDP run did)
-        checks["adapter_changed_the_model"] = any(record["eval"]["tuned"].get(k) != record["eval"]["base"].get(k)
-                                                  for k in ("mean_chosen_logp", "mean_rejected_logp", "mean_margin"))
-    if kill_step:
-        resumed_lines = [line.strip() for line in final["output"] if "Resuming from checkpoint-" in line]
-        resume = {"killed": record["attempts"][0]["killed"],
-                  "killed_after_s": record["attempts"][0]["killed_after_s"],
-                  "processes_killed": record["attempts"][0]["processes_killed"],
-                  "gpu_released_after_kill_s": record["attempts"][0]["gpu_released_after_kill_s"],
-                  "rerun": len(record["attempts"]) > 1, "resume_lines": resumed_lines,
-                  "steps_trained_after_resume": (record["train_summary"] or {}).get("steps")}
-        resume["resumed"] = resume["rerun"] and any(f"checkpoint-{kill_step}" in l for l in resumed_lines)
-        # FSDP's sharded checkpoints are not resumed (a documented limit): the rerun must say so and train
-        # every step again, rather than load a half-compatible state
-        resume["restart_announced"] = any(f"Not resuming from checkpoint-{kill_step}: an FSDP sharded" in line
-                                          for line in final["output"])
-        record["kill_resume"] = resume
-        checks["killed_at_checkpoint"] = resume["killed"]
-        if fsdp:
-            checks["fsdp_restart_announced"] = resume["rerun"] and resume["restart_announced"]
-        else:
-            checks["resumed_from_checkpoint"] = resume["resumed"]
-        if record["completed"]:
-            checks["trained_only_remaining_steps" if not fsdp else "trained_all_steps_again"] = (
-                resume["steps_trained_after_resume"] == series["max_steps"] - (0 if fsdp else kill_step))
+    notebook04 = run_dir / "notebooks" / "04_orpo_training.ipynb"
+    checks = judge(record, profile, series, extra, kill_step, final["output"],
+                   notebook04.read_text() if notebook04.exists() else "")
     record["checks"] = checks
     record["passed"] = all(checks.values())
     if not record["passed"]:
@@ -948,11 +977,16 @@ def parse_args(argv=None):
     parser.add_argument("--deadline-s", type=float, default=0,
                         help="stop starting and running work this many seconds after $GPU_CHECK_STARTED (or this "
                              "script's start), so the result is written before an outer limit (0 = none)")
+    parser.add_argument("--rejudge", type=Path, metavar="RESULT_JSON", help="apply this script's checks to a saved "
+                        "result and its .log (beside it, or --rejudge-log), print them, and stop (no GPU)")
+    parser.add_argument("--rejudge-log", type=Path, help="the saved result's log (default: RESULT_JSON with .log)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.rejudge:
+        return rejudge(args.rejudge, args.rejudge_log or args.rejudge.with_suffix(".log"))
     args.work = args.work.resolve()
     args.out = (args.out or (args.work / "gpu_series_check.json" if args.small else DEFAULT_OUT)).resolve()
     profiles = [p for p in args.profiles.split(",") if p]
