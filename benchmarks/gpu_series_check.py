@@ -815,6 +815,10 @@ def rejudge(result_path: Path, log_path: Path) -> int:
     for the rerun's output and notebook 04's text. Prints each profile's checks; writes nothing."""
     import ast
 
+    missing = [str(f) for f in (result_path, log_path) if not f.is_file()]
+    if missing:  # the log stands in for the rerun's output: without it the resume checks cannot be judged
+        raise SystemExit(f"--rejudge: {', '.join(missing)} not found (a result is judged with its .log; "
+                         "--rejudge-log names another)")
     result = json.loads(result_path.read_text())
     lines = log_path.read_text().splitlines()
     params = ast.literal_eval(result["options"].get("param", "[]"))
