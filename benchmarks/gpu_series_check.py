@@ -755,6 +755,13 @@ def expected_precision_ok(profile: str, precision: dict | None) -> bool:
     return all(precision.get(k) == v for k, v in want.items())
 
 
+def expected_series(series_parameters: dict, extra: dict) -> dict:
+    """What a run was asked for: a --param max_steps=12 (or eval_steps, save_steps) moves the expected last step,
+    evaluations and checkpoints too."""
+    return {**series_parameters,
+            **{k: int(v) for k, v in extra.items() if k in ("max_steps", "eval_steps", "save_steps")}}
+
+
 def judge(record: dict, profile: str, series: dict, extra: dict, kill_step: int, final_output: list[str],
           notebook04_text: str) -> dict:
     """The checks of one profile's run (True = as expected), from its record, the rerun's output lines and notebook
@@ -825,8 +832,7 @@ def rejudge(result_path: Path, log_path: Path) -> int:
     ok = True
     for profile, record in result["profiles"].items():
         extra = profile_parameters(argparse.Namespace(param=params), profile)
-        series = {**result["series_parameters"],
-                  **{k: int(v) for k, v in extra.items() if k in ("max_steps", "eval_steps", "save_steps")}}
+        series = expected_series(result["series_parameters"], extra)
         checks = judge(record, profile, series, extra, record.get("kill_at_step") or 0, lines, "\n".join(lines))
         passed = all(checks.values())
         ok &= passed
@@ -842,9 +848,7 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time (the work folder is scratch)
     (args.work / "logs").mkdir(parents=True, exist_ok=True)
     extra = profile_parameters(args, profile)  # --param PROFILE:NAME=VALUE, e.g. h100:num_processes=2
-    # what this run was asked for: a --param max_steps=12 moves the expected last step and evaluations too
-    series = {**args.series_parameters,
-              **{k: int(v) for k, v in extra.items() if k in ("max_steps", "eval_steps", "save_steps")}}
+    series = expected_series(args.series_parameters, extra)
     params = runner_parameters(build_info, {**args.series_parameters, **extra})
     cmd = runner_command(profile, run_name, params)
     extra_env = {"ORPO_OUTPUTS_DIR": str(outputs_dir), **RUNNER_ENV, **PROFILE_ENV.get(profile, {})}

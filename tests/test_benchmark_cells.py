@@ -7,7 +7,6 @@ duplicates a cell, or stops reading a cfg field, these tests fail instead of the
 """
 
 import copy
-import importlib.util
 import json
 import os
 import random
@@ -20,16 +19,14 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 
 from helpers.profiles import resolve_config  # noqa: E402
+from scripts import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("orpo_speed", ROOT / "benchmarks" / "orpo_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/orpo_speed.py")
 
 
 def test_each_marker_is_in_exactly_one_code_cell_of_notebook_04(bench):
@@ -207,10 +204,7 @@ def test_the_speed_benchmark_runs_end_to_end_on_a_tiny_model(bench, tmp_path):
 def test_the_scorer_variants_script_runs_on_a_tiny_model(tmp_path):
     """`benchmarks/scorer_variants.py --tiny`: its model, adapter and variants run on a CPU (the GPU-only Liger
     variant and the profile are skipped there); changing the row budget keeps the scores."""
-    spec = importlib.util.spec_from_file_location("scorer_variants", ROOT / "benchmarks" / "scorer_variants.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.main(["--tiny", "--pairs", "8", "--work-dir", str(tmp_path), "--out", str(tmp_path / "s.json")])
+    result = load_script("benchmarks/scorer_variants.py").main(["--tiny", "--pairs", "8", "--work-dir", str(tmp_path), "--out", str(tmp_path / "s.json")])
     assert {"as_notebook_05", "budget_32k", "adapter_off", "lora_bf16"} <= set(result["variants"])
     assert result["variants"]["budget_32k"]["max_abs_diff_vs_notebook"] < 1e-4
     assert json.loads((tmp_path / "s.json").read_text())["pairs"] == 8

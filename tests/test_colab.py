@@ -35,11 +35,8 @@ def repo_url_literals(text: str) -> list[str]:
 
 
 def load_tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("set_repo_url", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from scripts import load_script
+    return load_script(str(TOOL.relative_to(ROOT)))
 
 
 def pins(path: Path) -> dict[str, str]:

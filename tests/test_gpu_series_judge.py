@@ -1,22 +1,17 @@
 """benchmarks/gpu_series_check.py's verdicts, re-derived from the committed GPU results (`--rejudge`): the checks
 pass the runs that worked and fail the runs that broke, for the reason they broke."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from scripts import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("gpu_series_check", ROOT / "benchmarks" / "gpu_series_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gpu_series_check.py")
 
 
 def verdicts(check, name, capsys) -> dict:
