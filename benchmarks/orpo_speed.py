@@ -44,6 +44,7 @@ all steps (the longest batch comes first under length grouping). `--tiny` runs t
 from __future__ import annotations
 
 import argparse
+import bisect
 import gc
 import json
 import os
@@ -77,13 +78,14 @@ SEED = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradie
 # FAST only seeds the optional --variants (micro-batch / checkpointed-layer sweeps on the same model), which are built
 # by make_trainer like the seed and t4 runs; they mirror the h100 profile but are not the notebook's code.
 FAST = dict(per_device_train_batch_size=16, gradient_accumulation_steps=1, gradient_checkpointing=True,
-            checkpoint_layers=None, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
+            checkpoint_layers=None, optim="adamw_torch_fused", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
             train_sampling_strategy="group_by_length", use_liger_kernel=True, trainer="FastORPOTrainer",
-            share_prompt=True)
+            share_prompt=True, logging_nan_inf_filter=False, non_blocking=True)
 # The t4 profile (fp16 everywhere: a T4 has no bf16). Same pairs per optimizer step as the seed.
 T4 = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=True,
           checkpoint_layers=None, optim="paged_adamw_8bit", learning_rate=8e-6, beta=0.1, lora_dropout=0.0,
-          train_sampling_strategy="group_by_length", use_liger_kernel=False, trainer="FastORPOTrainer")
+          train_sampling_strategy="group_by_length", use_liger_kernel=False, trainer="FastORPOTrainer",
+          logging_nan_inf_filter=False, non_blocking=True)  # as notebook 04 sets them (the seed keeps the defaults)
 LIGER_CONFIG = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
                 "fused_linear_cross_entropy": False}  # the loss path is ours: no logits-materializing patches
 GIB = 2**30
@@ -287,29 +289,57 @@ def peak_gib() -> dict:
 
 
 def instrument(trainer):
-    """Count real tokens per optimizer step and stamp the wall clock at each step's end, without changing the
-    trainer's class (the notebook's cell picks the class): an instance-level compute_loss wrapper + a callback.
-    At the last step the Trainer's end-of-run evaluation and checkpoint are switched off (after the last stamp)."""
+    """Count real tokens per optimizer step and stamp each step's end, without changing the trainer's class (the
+    notebook's cell picks the class): an instance-level compute_loss wrapper + a callback. At the last step the
+    Trainer's end-of-run evaluation and checkpoint are switched off (after the last stamp).
+
+    Nothing here waits for the GPU during training: a step's end is a CUDA event recorded in the stream (its time is
+    when the GPU gets there), token counts stay on the GPU, and both are read once, when training ends. A
+    `torch.cuda.synchronize()` per step, as this benchmark did before, idles the GPU at every step boundary while
+    the CPU prepares the next batch: that is the benchmark's cost, not the trainer's, and a training run does not pay
+    it (notebook 04 trains with no per-step sync)."""
     from transformers import TrainerCallback
 
+    cuda = torch.cuda.is_available()
+    clock = lambda: torch.cuda.Event(enable_timing=True) if cuda else time.perf_counter()  # noqa: E731
+
+    def stamp():
+        mark = clock()
+        if cuda:
+            mark.record()
+        return mark
+
     class Stamps(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
+        def on_train_begin(self, args, state, control, **kw):
             sync()
-            trainer.stamps.append((time.perf_counter(), trainer.tokens_now, trainer.padded_now,
-                                   trainer.needed_now, trainer.computed_now, trainer.head_now))
-            trainer.tokens_now = trainer.padded_now = trainer.needed_now = trainer.computed_now = trainer.head_now = 0
+            trainer.begin = (time.perf_counter(), stamp())
+
+        def on_step_end(self, args, state, control, **kw):
+            trainer.stamps.append((stamp(), trainer.counts_now, trainer.padded_now, trainer.computed_now))
+            trainer.counts_now, trainer.padded_now, trainer.computed_now = 0, 0, 0
             if state.global_step >= state.max_steps:
                 control.should_evaluate = control.should_save = False
             return control
+
+        def on_train_end(self, args, state, control, **kw):  # resolve events and counts: the one wait
+            sync()
+            wall0, mark0 = trainer.begin
+            seconds = (lambda m: wall0 + mark0.elapsed_time(m) / 1e3) if cuda else (lambda m: m)
+
+            def resolve(entry):  # pending: (mark, counts, padded, computed); resolved (earlier train()): 6 numbers
+                if len(entry) == 6:
+                    return entry
+                mark, counts, padded, computed = entry
+                real, needed, head = counts.tolist() if torch.is_tensor(counts) else (0, 0, 0)
+                return seconds(mark), int(real), padded, int(needed), computed, int(head)
+
+            trainer.stamps = [resolve(entry) for entry in trainer.stamps]
 
     inner = trainer.compute_loss
 
     def compute_loss(model, inputs, *a, **kw):
         if model.training:
-            real, needed, head = pair_token_counts(inputs)
-            trainer.tokens_now += real
-            trainer.needed_now += needed
-            trainer.head_now += head
+            trainer.counts_now = trainer.counts_now + pair_token_counts(inputs, as_tensor=True)
             width = max(inputs["chosen_input_ids"].shape[1], inputs["rejected_input_ids"].shape[1])
             trainer.padded_now += 2 * inputs["chosen_input_ids"].shape[0] * width
             trainer.last_packed_tokens = None
@@ -321,16 +351,17 @@ def instrument(trainer):
         return out
 
     trainer.stamps = []
-    trainer.tokens_now = trainer.padded_now = trainer.needed_now = trainer.computed_now = trainer.head_now = 0
+    trainer.counts_now, trainer.padded_now, trainer.computed_now = 0, 0, 0
     trainer.compute_loss = compute_loss
     trainer.add_callback(Stamps())
     return trainer
 
 
-def pair_token_counts(inputs) -> tuple[int, int, int]:
+def pair_token_counts(inputs, as_tensor: bool = False):
     """(real, needed, head) tokens of a TRL ORPO batch: real = non-pad tokens of chosen + rejected (prompt twice);
     needed = each pair's tokens with the common prefix of its two sequences (the prompt) once; head = the positions
-    the loss reads logits at (every chosen token after the first: the NLL; every rejected answer token)."""
+    the loss reads logits at (every chosen token after the first: the NLL; every rejected answer token).
+    `as_tensor`: the three as one tensor on the batch's device (no wait for the GPU), else ints."""
     c, r = inputs["chosen_input_ids"], inputs["rejected_input_ids"]
     cm, rm = inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]
     w = min(c.shape[1], r.shape[1])
@@ -338,7 +369,10 @@ def pair_token_counts(inputs) -> tuple[int, int, int]:
     prefix = same.long().cumprod(1).sum()
     real = cm.sum() + rm.sum()
     head = (cm[:, 1:] == 1).sum() + (inputs["rejected_labels"][:, 1:] != -100).sum()
-    real, needed, head = torch.stack([real, real - prefix, head]).tolist()  # one transfer
+    counts = torch.stack([real, real - prefix, head])
+    if as_tensor:
+        return counts
+    real, needed, head = counts.tolist()  # one transfer
     return int(real), int(needed), int(head)
 
 
@@ -382,14 +416,16 @@ def ceiling_fraction(run: dict, config: dict, ceiling_tflops: float | None) -> d
 # (Liger cannot be switched off per variant: the fast run has already patched the shared model's modules.)
 VARIANT_FLAGS = {"cudnn": ("sdpa_backends", None), "nofuse": ("fuse_lora", False),
                  "random": ("train_sampling_strategy", None), "share": ("share_prompt", True),
-                 "noshare": ("share_prompt", False), "flex": ("share_prompt_backend", "flex")}
+                 "noshare": ("share_prompt", False), "flex": ("share_prompt_backend", "flex"),
+                 "paged": ("optim", "paged_adamw_8bit"), "chunk4k": ("logits_chunk", 4096)}
 
 
 def variant(spec: str, base: dict) -> tuple[dict, str]:
     """'MB:LAYERS[:flag+flag]' -> trainer settings and a name. LAYERS: checkpointed decoder layers, 'all' or a number
     (0 = no checkpointing). Flags switch one speed-up off: cudnn (PyTorch's own SDPA choice), nofuse (PEFT's LoRA
     forward), random (no length grouping), noshare (no prefix sharing), flex (prefix sharing through FlexAttention
-    instead of the varlen kernel); share switches prefix sharing ON. Grad-accum keeps at least 8 pairs per step."""
+    instead of the varlen kernel), paged (paged 8-bit AdamW instead of fused AdamW), chunk4k (lm_head logits 4,096
+    rows at a time instead of 2,048); share switches prefix sharing ON. Grad-accum keeps at least 8 pairs per step."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[0].isdigit() or not (parts[1] == "all" or parts[1].isdigit()):
         raise SystemExit(f"--variants {spec!r}: expected MICRO_BATCH:LAYERS[:flag+flag], e.g. 16:all or 16:28:cudnn")
@@ -419,6 +455,8 @@ def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, 
     fields = dict(per_device_train_batch_size=kind["per_device_train_batch_size"],
                   gradient_accumulation_steps=kind["gradient_accumulation_steps"],
                   gradient_checkpointing=kind["gradient_checkpointing"], optim=optim,
+                  logging_nan_inf_filter=kind.get("logging_nan_inf_filter", True),
+                  accelerator_config={"non_blocking": kind.get("non_blocking", False)},
                   learning_rate=kind["learning_rate"], beta=kind["beta"], max_length=MAX_LENGTH,
                   lr_scheduler_type="linear", warmup_steps=1, max_steps=steps, logging_steps=10_000,
                   save_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
@@ -434,7 +472,7 @@ def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, 
                   processing_class=tokenizer, peft_config=peft_config)
     if kind["trainer"] == "FastORPOTrainer":
         trainer.checkpoint_layers = kind.get("checkpoint_layers")
-        for key in ("sdpa_backends", "fuse_lora", "share_prompt", "share_prompt_backend"):
+        for key in ("sdpa_backends", "fuse_lora", "share_prompt", "share_prompt_backend", "logits_chunk"):
             if key in kind:
                 setattr(trainer, key, kind[key])
     return instrument(trainer)
@@ -459,7 +497,7 @@ class StepProfiler:
                 if outer.prof is None and state.global_step == state.max_steps - outer.steps:
                     acts = [torch.profiler.ProfilerActivity.CPU] + (
                         [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-                    outer.prof = torch.profiler.profile(activities=acts)
+                    outer.prof = torch.profiler.profile(activities=acts, record_shapes=True)
                     sync()
                     outer.prof.__enter__()
                     outer.t0 = time.perf_counter()
@@ -484,7 +522,45 @@ def summarize_profile(prof, wall: float, steps: int, top: int = 18) -> dict:
     return {"steps": steps, "wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3),
             "gpu_busy_fraction": round(busy / wall, 3) if wall else None, "kernels": len(kernels),
             "top_gpu_self_ms": [(e.key[:90], round(dev(e) / 1e3, 1), e.count) for e in by_dev],
-            "top_cpu_self_ms": [(e.key[:90], round(e.self_cpu_time_total / 1e3, 1), e.count) for e in by_cpu]}
+            "top_cpu_self_ms": [(e.key[:90], round(e.self_cpu_time_total / 1e3, 1), e.count) for e in by_cpu],
+            "gpu_idle_ms_by_cpu_op": idle_by_cpu_op(prof.events(), kernels),
+            "top_gpu_self_ms_by_shape": [(e.key[:40], str(e.input_shapes)[:120], round(dev(e) / 1e3, 1), e.count)
+                                         for e in sorted(prof.key_averages(group_by_input_shape=True), key=dev,
+                                                         reverse=True)[:top]]}
+
+
+def idle_by_cpu_op(events, kernels, top: int = 15, min_gap_us: float = 20.0) -> list:
+    """Where the GPU waits: every gap of more than `min_gap_us` between kernels, charged to the outermost CPU ops
+    running on the CPU during the gap (by overlap; "(no op)" = Python between ops). [(op, idle ms, gaps)]."""
+    spans = sorted((k.time_range.start, k.time_range.end) for k in kernels)
+    gaps, end = [], None
+    for a, b in spans:
+        if end is not None and a - end > min_gap_us:
+            gaps.append((end, a))
+        end = b if end is None else max(end, b)
+    cpu = sorted(((e.time_range.start, e.time_range.end, e.key) for e in events
+                  if getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU and e.cpu_parent is None),
+                 key=lambda t: t[0])
+    starts = [c[0] for c in cpu]
+    charged: dict[str, list] = {}
+    for a, b in gaps:
+        covered = 0.0
+        i = max(0, bisect.bisect_left(starts, a) - 50)
+        for s, e, key in cpu[i:]:
+            if s >= b:
+                break
+            overlap = min(b, e) - max(a, s)
+            if overlap > 0:
+                entry = charged.setdefault(key[:80], [0.0, 0])
+                entry[0] += overlap
+                entry[1] += 1
+                covered += overlap
+        if b - a - covered > 0:
+            entry = charged.setdefault("(no op)", [0.0, 0])
+            entry[0] += b - a - covered
+            entry[1] += 1
+    ranked = sorted(charged.items(), key=lambda kv: -kv[1][0])[:top]
+    return [(key, round(us / 1e3, 1), n) for key, (us, n) in ranked]
 
 
 def run_training(name: str, trainer, warmup: int, profile_steps: int = 0) -> dict:

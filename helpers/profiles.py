@@ -54,6 +54,8 @@ class RunConfig:
     max_steps: int = 800                        # -1 = run num_train_epochs
     warmup_ratio: float = 0.05
     lr_scheduler_type: str = "linear"
+    optim: str = "auto"                         # auto: paged 8-bit AdamW on one GPU, torch AdamW on a CPU or with
+                                                # several processes; or one of OPTIMIZERS (h100: fused torch AdamW)
     gradient_checkpointing: bool = False
     # ---- GPU speed (notebook 04; measured in benchmarks/orpo_speed.py) -------------------------------------
     fast_orpo_trainer: bool = False             # helpers.fast_orpo.FastORPOTrainer: same loss, chunked logits
@@ -86,12 +88,15 @@ _GPU_COMMON = dict(
     save_steps=100, eval_batch_size=8, max_new_tokens=128, n_generation_examples=4, gradient_checkpointing=True,
     fast_orpo_trainer=True, n_validation=200,
 )
-# Batch sizes and checkpointing as measured on an H100 (benchmarks/results/h100.json). With the fast trainer,
-# 16-pair micro-batches beat 8 (more work per kernel launch: at 8 the step was CPU-bound); checkpointing 28 of 32
-# layers beat all 32 by ~5% at 31 GiB peak (all 32: 19 GiB). h100 shares each prompt between its two answers
-# (share_prompt: ~35% fewer tokens computed, no padding), which freed the memory to checkpoint 24 layers instead of
-# 28 (benchmarks/results/h100_shared.json). t4 ~8 GiB (16 GB card). a100: 16 pairs with full checkpointing (19 GiB
-# fits a 40 GB card); not measured on an A100.
+# Batch sizes and checkpointing as measured on an H100 (benchmarks/README.md). With the fast trainer, 16-pair
+# micro-batches beat 8 (more work per kernel launch: at 8 the step was CPU-bound). h100 shares each prompt between its
+# two answers (share_prompt: ~35% fewer tokens computed, no padding), and its LoRA layers keep less for the backward
+# (helpers.kernels: the MLP's product is recomputed, not kept): an un-checkpointed layer costs ~2.2 GiB at the
+# longest batch, so 20 of 32 layers are checkpointed at 38.3 GiB peak (19 peaked at 40.5, over the 40 GiB budget;
+# benchmarks/results/h100_lora_node_record.json). h100 steps its optimizer with torch's fused AdamW: one kernel for
+# all 448 LoRA tensors, where bitsandbytes' paged 8-bit AdamW updates them one by one and waits for the GPU
+# after each (5% slower, measured); its fp32 states cost 0.3 GiB, nothing on an 80 GB card. t4 ~8 GiB (16 GB card).
+# a100: 16 pairs with full checkpointing (19 GiB fits a 40 GB card); not measured on an A100.
 PROFILES: dict[str, dict] = {
     "tiny": {},
     "t4": {**_GPU_COMMON, "n_train": 1000, "n_eval": 200,
@@ -99,7 +104,8 @@ PROFILES: dict[str, dict] = {
     "a100": {**_GPU_COMMON, "n_train": 5000, "n_eval": 500, "use_liger_kernel": True,
              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
     "h100": {**_GPU_COMMON, "n_train": 10000, "n_eval": 2000, "use_liger_kernel": True, "share_prompt": True,
-             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "checkpoint_layers": 24},
+             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "checkpoint_layers": 20,
+             "optim": "adamw_torch_fused"},
 }
 GPU_PROFILES = ("t4", "a100", "h100")
 
@@ -110,7 +116,7 @@ GPU_PROFILES = ("t4", "a100", "h100")
 # GPU-only setting cannot escape CI.
 TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layers", "use_liger_kernel", "share_prompt",
                 "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio",
-                "eval_batch_size")
+                "eval_batch_size", "optim")
 HARDWARE_SIZED = ("num_processes", "distributed", "model_id", "dataset_id", "n_train", "n_validation", "n_eval",
                   "max_length", "learning_rate", "max_steps", "eval_steps", "logging_steps", "save_steps", "max_new_tokens", "n_generation_examples")
 
@@ -147,6 +153,9 @@ _POSITIVE = ("n_train", "n_validation", "n_eval", "lora_r", "lora_alpha", "learn
              "max_new_tokens")
 _MIN_MAX_LENGTH = 16  # below this no prompt + answer fits, not even the offline default's
 
+
+# `optim` values notebook 04 accepts ("auto" is resolved there, from the device and the number of processes)
+OPTIMIZERS = ("auto", "paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused")
 
 _TRUE, _FALSE = ("true",), ("false",)  # any case; "yes"/"1" stay errors: too easy to mistype
 
@@ -260,6 +269,9 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.distributed not in ("ddp", "fsdp"):
         raise ParameterError(f"Parameter `distributed` must be 'ddp' or 'fsdp', got {cfg.distributed!r}. Fix: "
                              "`-p distributed ddp` (a full 4-bit copy per GPU, fastest) or `fsdp` (shards the model).")
+    if cfg.optim not in OPTIMIZERS:
+        raise ParameterError(f"Parameter `optim` must be one of {list(OPTIMIZERS)}, got {cfg.optim!r}. Fix: e.g. "
+                             "`-p optim auto` (paged 8-bit AdamW on one GPU) or `-p optim adamw_torch_fused`.")
     if cfg.share_prompt and not cfg.fast_orpo_trainer:
         raise ParameterError("Parameter `share_prompt` needs the fast trainer (TRL's own ORPOTrainer computes every "
                              "prompt twice). Fix: add `-p fast_orpo_trainer true`, or drop `share_prompt`.")

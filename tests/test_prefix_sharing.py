@@ -310,6 +310,35 @@ def test_training_steps_run_with_sharing(setup, tmp_path):
     assert not trainer.model.config._attn_implementation.startswith("prefix_sharing")  # restored after the step
 
 
+def test_packing_reads_the_collators_host_copy(setup):
+    """With sharing on, the collator adds a CPU copy of the batch, and the packed forward reads that copy (not the
+    device tensors, whose `.cpu()` would wait for the GPU). Off, the batch is the collator's own."""
+    from helpers.fast_orpo import HOST_COPY, HostCopy
+
+    model, trl, fast, batch = setup
+    rows = [trl.train_dataset[i] for i in range(len(trl.train_dataset))]
+    with_copy = fast.data_collator(rows)
+    assert isinstance(with_copy[HOST_COPY], HostCopy)
+    host = with_copy[HOST_COPY].tensors
+    assert set(host) == {k for k in with_copy if k.startswith(("chosen_", "rejected_")) and torch.is_tensor(with_copy[k])}
+    assert all(torch.equal(host[k], batch[k].cpu()) for k in host)
+    fast.share_prompt = False
+    try:
+        assert HOST_COPY not in fast.data_collator(rows)
+    finally:
+        fast.share_prompt = True
+    prepared = fast._prepare_inputs(with_copy)
+    assert prepared[HOST_COPY] is with_copy[HOST_COPY]  # the Trainer's device copy leaves it alone
+    decoy = dict(batch, chosen_input_ids=torch.zeros_like(batch["chosen_input_ids"]))  # wrong device-side ids
+    decoy[HOST_COPY] = HostCopy(host)
+    model.eval()
+    with torch.no_grad():
+        ref = fast.concatenated_forward(model, batch)
+        got = fast.concatenated_forward(model, decoy)
+    for i in (0, 1, 4):
+        torch.testing.assert_close(got[i], ref[i])
+
+
 # ----------------------------------------------------------------------------------------------- scorer
 
 

@@ -23,6 +23,7 @@ def outputs(tmp_path, monkeypatch):
     (["-p", "run_name", "x"], "Pass `run_name` with --run-name"),
     (["-p", "num_processes", "2", "-p", "distributed", "fsdp"], "'fsdp' with num_processes > 1 needs GPUs"),
     (["-p", "share_prompt", "true"], "`share_prompt` needs the fast trainer"),
+    (["-p", "optim", "adam"], "`optim` must be one of ['auto', 'paged_adamw_8bit'"),
 ])
 def test_bad_parameters_exit_2_with_one_clear_message(outputs, capsys, argv, message):
     assert runner.main(argv) == 2
