@@ -90,7 +90,7 @@ _GPU_COMMON = dict(
 )
 # Batch sizes and checkpointing as measured on an H100 (benchmarks/README.md). With the fast trainer, 16-pair
 # micro-batches beat 8 (more work per kernel launch: at 8 the step was CPU-bound). h100 shares each prompt between its
-# two answers (share_prompt: ~35% fewer tokens computed, no padding), and its LoRA layers keep less for the backward
+# two answers (share_prompt: ~32% fewer tokens computed, no padding), and its LoRA layers keep less for the backward
 # (helpers.kernels: the MLP's product is recomputed, not kept): an un-checkpointed layer costs ~2.2 GiB at the
 # longest batch, so 20 of 32 layers are checkpointed at 38.3 GiB peak (19 peaked at 40.5, over the 40 GiB budget;
 # benchmarks/results/h100_lora_node_record.json). h100 steps its optimizer with torch's fused AdamW: one kernel for
