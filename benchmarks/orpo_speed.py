@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import gc
+import itertools
 import json
 import os
 import platform
@@ -326,9 +327,7 @@ def instrument(trainer):
             wall0, mark0 = trainer.begin
             seconds = (lambda m: wall0 + mark0.elapsed_time(m) / 1e3) if cuda else (lambda m: m)
 
-            def resolve(entry):  # pending: (mark, counts, padded, computed); resolved (earlier train()): 6 numbers
-                if len(entry) == 6:
-                    return entry
+            def resolve(entry):  # (mark, counts, padded, computed) -> (seconds, real, padded, needed, computed, head)
                 mark, counts, padded, computed = entry
                 real, needed, head = counts.tolist() if torch.is_tensor(counts) else (0, 0, 0)
                 return seconds(mark), int(real), padded, int(needed), computed, int(head)
@@ -541,11 +540,11 @@ def idle_by_cpu_op(events, kernels, top: int = 15, min_gap_us: float = 20.0) -> 
     cpu = sorted(((e.time_range.start, e.time_range.end, e.key) for e in events
                   if getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU and e.cpu_parent is None),
                  key=lambda t: t[0])
-    starts = [c[0] for c in cpu]
+    reach = list(itertools.accumulate((c[1] for c in cpu), max))  # latest end among the ops started so far
     charged: dict[str, list] = {}
     for a, b in gaps:
         covered = 0.0
-        i = max(0, bisect.bisect_left(starts, a) - 50)
+        i = bisect.bisect_right(reach, a)  # ops before i all ended by the gap's start, however long they ran
         for s, e, key in cpu[i:]:
             if s >= b:
                 break

@@ -208,3 +208,20 @@ def test_the_scorer_variants_script_runs_on_a_tiny_model(tmp_path):
     assert {"as_notebook_05", "budget_32k", "adapter_off", "lora_bf16"} <= set(result["variants"])
     assert result["variants"]["budget_32k"]["max_abs_diff_vs_notebook"] < 1e-4
     assert json.loads((tmp_path / "s.json").read_text())["pairs"] == 8
+
+
+def test_gpu_idle_gaps_are_charged_to_the_cpu_ops_running_then(bench):
+    """`idle_by_cpu_op`: a gap between kernels goes to the outermost CPU op(s) overlapping it, a long op that started
+    long before the gap included (many short ops start after it); what no op covers is "(no op)"."""
+    from types import SimpleNamespace as NS
+
+    cpu_type = torch.autograd.DeviceType.CPU
+    op = lambda key, a, b: NS(key=key, time_range=NS(start=a, end=b), device_type=cpu_type, cpu_parent=None)  # noqa: E731
+    kernel = lambda a, b: NS(time_range=NS(start=a, end=b))  # noqa: E731
+    events = [op("long_op", 0, 1000)] + [op(f"short{i}", 10 + i, 10.5 + i) for i in range(80)] + [
+        op("late_op", 1100, 1150), op("nested", 1110, 1120)]
+    events[-1].cpu_parent = events[-2]  # not outermost: never charged
+    kernels = [kernel(0, 100), kernel(200, 300), kernel(1090, 1100), kernel(1200, 1210)]
+    got = {key: (ms, n) for key, ms, n in bench.idle_by_cpu_op(events, kernels)}
+    assert got["long_op"] == (0.8, 2)  # gaps 100 -> 200 and 300 -> 1000 of 300 -> 1090: 81 ops started since
+    assert set(got) == {"long_op", "late_op", "(no op)"}, got
