@@ -175,7 +175,8 @@ class SiluMulLoRALinear(torch.autograd.Function):
 def lora_parts(layer, x: torch.Tensor):
     """(A, B, frozen base, scaling, compute dtype) when `layer` (a PEFT LoRA layer) can run as `LoRALinear`, else
     None: one active adapter, no dropout, no bias or variant (DoRA...), not merged, a 4-bit or plain linear base,
-    matching dtypes or autocast on. Anything else keeps PEFT's own forward."""
+    matching dtypes or autocast on (and, without autocast, x in a 4-bit base's compute dtype). Anything else keeps
+    PEFT's own forward."""
     if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
     name = layer.active_adapters[0]
@@ -188,7 +189,12 @@ def lora_parts(layer, x: torch.Tensor):
     if not autocast and not (x.dtype == lora_a.dtype == lora_b.dtype):
         return None
     base = layer.get_base_layer()
-    if frozen_weight_kind(base) is None:
+    kind = frozen_weight_kind(base)
+    if kind is None:
+        return None
+    if kind == "4bit" and not autocast and getattr(base, "compute_dtype", None) not in (None, x.dtype):
+        # bitsandbytes computes in its compute dtype whatever x is: fused, fp32 activations (fp32 norms, no
+        # autocast) would run the big matmul in fp32, ~10x slower on a GPU than bitsandbytes' own fp16/bf16 one
         return None
     dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
     return lora_a, lora_b, base, layer.scaling[name], dtype

@@ -132,3 +132,26 @@ def test_length_grouped_sampler():
     rng.shuffle(shuffled)
     padded_random = sum(8 * max(lengths[i] for i in shuffled[j : j + 8]) for j in range(0, len(shuffled), 8))
     assert padded < 0.75 * padded_random  # much less padding than random batches
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_evaluation_steps_autocast_like_training_steps(setup, bf16, monkeypatch):
+    """TRL's prediction_step calls the loss itself, not through compute_loss: the evaluation must open the same
+    autocast as training (it did not, and an fp16 run evaluated in fp32, 9x slower on an H100)."""
+    model, _, fast, batch = setup
+    seen = []
+    real = FastORPOTrainer.concatenated_forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastORPOTrainer, "concatenated_forward", spy)
+    monkeypatch.setattr(fast.args, "bf16", bf16)
+    model.eval()
+    fast.prediction_step(model, batch, prediction_loss_only=True)
+    with torch.no_grad():
+        fast.compute_loss(model, batch)
+    expected = (True, torch.bfloat16) if bf16 else (False, torch.get_autocast_dtype("cpu"))
+    assert seen == [expected, expected]
+    assert fast._peft_has_been_casted_to_bf16 is False  # restored

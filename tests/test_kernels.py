@@ -229,3 +229,29 @@ def test_a_4bit_weight_repacked_for_cpu_inference_keeps_pefts_forward():
     # bitsandbytes' CPU kernel keeps the block scales in bf16: close, not equal (read as the ordinary layout, the
     # repacked weight gave log-probs of -11 instead of -0.003 in notebook 05)
     assert (got - reference).abs().max() <= 0.02 * reference.abs().max()
+
+
+def test_a_4bit_base_keeps_pefts_forward_when_activations_are_not_in_its_compute_dtype():
+    """Without autocast, fp32 activations (PEFT's k-bit preparation keeps norms in fp32) into a 4-bit layer that
+    computes in bf16: bitsandbytes casts them to bf16 for its matmul; fused, the big matmul would run in fp32 (on a
+    GPU ~10x slower: an fp16 run's evaluations were). So PEFT's forward runs; with autocast on, the fused one."""
+    import bitsandbytes as bnb
+
+    from helpers.kernels import lora_parts
+
+    torch.manual_seed(0)
+    quantized = bnb.nn.Linear4bit(64, 96, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+    quantized.weight = bnb.nn.Params4bit(torch.randn(96, 64), requires_grad=False, quant_type="nf4",
+                                         compress_statistics=True)
+    base = torch.nn.Sequential(quantized.to("cpu"))
+    base.is_loaded_in_4bit = True
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["0"]))
+    [layer] = lora_layers(model)
+    x = torch.randn(2, 5, 64)
+    assert lora_parts(layer, x) is None
+    with fused_lora(model):
+        assert type(model(x).grad_fn).__name__ != "LoRALinearBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lora_parts(layer, x)[-1] == torch.bfloat16
+        assert lora_parts(layer, x.bfloat16()) is not None
+    assert lora_parts(layer, x.bfloat16()) is None  # bf16 x, fp32 LoRA weights, no autocast: dtypes differ
