@@ -16,8 +16,11 @@ against TRL on a fixed batch); what changes is *how* it is computed:
 3. **Length-grouped batches.** With `train_sampling_strategy="group_by_length"` in the ORPOConfig, pairs of similar
    length share a micro-batch (sorted inside random mega-batches, batches shuffled, the longest first so an
    out-of-memory error shows at step 1). Less padding means fewer wasted FLOPs.
-4. **Selective activation checkpointing.** `checkpoint_layers = k` keeps gradient checkpointing on the first k decoder
-   layers only: the others keep their activations (memory) and skip the recompute (time).
+4. **Selective activation checkpointing, sized per batch.** `checkpoint_layers = k` keeps gradient checkpointing on
+   the first k decoder layers only: the others keep their activations (memory) and skip the recompute (time). k is
+   for the longest batch the training data can form; an un-checkpointed layer's activations grow with the batch's
+   tokens, so a shorter batch checkpoints fewer layers (`adaptive_checkpointing`, one process), never holding more
+   activations than the longest batch would with k (`checkpointed_layers`). Lengths vary, so most batches are short.
 5. **Flash attention, not cuDNN.** On an H100 PyTorch's SDPA prefers cuDNN attention, which builds a new plan for
    every new sequence length: ~3 ms of CPU per call, and with length-varying batches the GPU sat idle 40% of a step
    (profiled in benchmarks/orpo_speed.py). Forward, backward and checkpoint recompute run with flash / mem-efficient
@@ -107,6 +110,40 @@ def pair_length(row: dict) -> int:
     return max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
 
 
+# ----------------------------------------------------------------------------------------------- checkpointing per batch
+
+
+def checkpointed_layers(tokens: int, reference_tokens: int, n_layers: int, k: int) -> int:
+    """How many of the first decoder layers to checkpoint for a batch of `tokens` tokens, given `k` at the longest
+    batch (`reference_tokens`).
+
+    An un-checkpointed layer keeps activations in proportion to the batch's tokens (~14 [tokens, hidden] tensors in
+    bf16 for Mistral: 2.2 GiB at 20k tokens); a checkpointed one keeps only its input. So the longest batch with k
+    checkpointed layers holds ~(n_layers - k) x reference_tokens layer-tokens, and a batch of `tokens` may leave
+    floor((n_layers - k) x reference_tokens / tokens) layers un-checkpointed within the same memory: fewer
+    recomputed layers for every shorter batch, more for a longer one than expected.
+    """
+    if k <= 0 or tokens <= 0:
+        return max(k, 0)
+    free = min(n_layers, (n_layers - min(k, n_layers)) * reference_tokens // tokens)
+    return n_layers - free
+
+
+def longest_batch_tokens(dataset, batch_size: int, share_prompt: bool, pack_multiple: int = 1) -> int:
+    """An upper bound of the tokens the decoder runs for one training batch of `batch_size` tokenized pairs
+    (TRL's columns prompt_/chosen_/rejected_input_ids). Shared prompts: the `batch_size` largest pairs of
+    chosen + rejected - prompt + 1 tokens (the prompt once; TRL may tokenize the prompt's last token differently in
+    the two sequences), rounded up to `pack_multiple`; unshared: 2 x batch_size rows padded to the longest sequence."""
+    chosen = [len(x) for x in dataset["chosen_input_ids"]]
+    rejected = [len(x) for x in dataset["rejected_input_ids"]]
+    if not share_prompt:
+        return 2 * batch_size * max(max(chosen), max(rejected))
+    prompt = [len(x) for x in dataset["prompt_input_ids"]]
+    per_pair = sorted((c + r - p + 1 for c, r, p in zip(chosen, rejected, prompt, strict=True)), reverse=True)
+    total = sum(per_pair[:batch_size])
+    return -(-total // pack_multiple) * pack_multiple
+
+
 # ----------------------------------------------------------------------------------------------- host copy
 
 HOST_COPY = "host_copy"  # batch key of the CPU copy that prefix sharing packs from
@@ -147,7 +184,12 @@ class FastORPOTrainer(ORPOTrainer):
         logits_chunk: rows of lm_head output computed at once (memory ~ logits_chunk x V x 4 bytes, x ~3 transient).
         drop_padding_mask: skip the attention mask when the batch is right-padded (exact; enables fused causal SDPA).
         checkpoint_layers: None = gradient checkpointing as configured; k = checkpoint only the first k decoder layers
-            (needs `gradient_checkpointing=True`; more layers = less memory, more recompute).
+            (needs `gradient_checkpointing=True`; more layers = less memory, more recompute), at the longest batch.
+        adaptive_checkpointing: with checkpoint_layers, a batch of T tokens checkpoints only the first
+            `checkpointed_layers(T, ...)` layers: as few as keep its activations within those of the longest batch
+            with k. Same math (checkpointing only trades memory for recompute). One process only (DDP ranks keep k).
+        checkpoint_reference_tokens: the longest batch's tokens; None = bounded from the training data at the first
+            step (`longest_batch_tokens`).
         mega_batch_mult: mega-batch size, in training batches, for `train_sampling_strategy="group_by_length"`.
         sdpa_backends: SDPA backends allowed in training and evaluation steps (names of torch's SDPBackend);
             None = PyTorch's own choice.
@@ -162,6 +204,8 @@ class FastORPOTrainer(ORPOTrainer):
     logits_chunk: int = 2048  # 4,096 peaked 1 GiB higher on an H100 (h100 profile), and was no faster
     drop_padding_mask: bool = True
     checkpoint_layers: int | None = None
+    adaptive_checkpointing: bool = True
+    checkpoint_reference_tokens: int | None = None
     mega_batch_mult: int = 50
     sdpa_backends: tuple[str, ...] | None = ATTENTION_BACKENDS
     fuse_lora: bool = True
@@ -201,10 +245,31 @@ class FastORPOTrainer(ORPOTrainer):
         self._checkpointing_applied = True
         if self.checkpoint_layers is None:
             return
-        decoder, _ = decoder_and_head(model)
-        for i, layer in enumerate(decoder.layers):
+        layers = decoder_and_head(model)[0].layers
+        # the layers gradient checkpointing covers (all of them, normally): only these may be checkpointed
+        self._checkpointable = [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers]
+        self._set_checkpointed(model, self.checkpoint_layers)
+        if self.adaptive_checkpointing and self.checkpoint_reference_tokens is None and self.train_dataset is not None:
+            self.checkpoint_reference_tokens = longest_batch_tokens(
+                self.train_dataset, self.args.per_device_train_batch_size, self.share_prompt, self.pack_multiple)
+
+    def _set_checkpointed(self, model, k: int) -> None:
+        """Gradient checkpointing on the first k decoder layers (of those it covers), off on the others."""
+        for i, layer in enumerate(decoder_and_head(model)[0].layers):
             if hasattr(layer, "gradient_checkpointing"):
-                layer.gradient_checkpointing = bool(layer.gradient_checkpointing) and i < self.checkpoint_layers
+                layer.gradient_checkpointing = self._checkpointable[i] and i < k
+        self.last_checkpointed_layers = k  # benchmarks read it
+
+    def _size_checkpointing(self, model, tokens: int) -> None:
+        """Before a training forward of `tokens` tokens: checkpoint as few layers as keep its activations within the
+        longest batch's with `checkpoint_layers` (see `checkpointed_layers`)."""
+        if (self.checkpoint_layers is None or not self.adaptive_checkpointing or not self.checkpoint_reference_tokens
+                or self.args.world_size > 1 or not (model.training and torch.is_grad_enabled())):
+            return  # several processes: every rank keeps the same k (they see batches of different lengths)
+        n_layers = len(decoder_and_head(model)[0].layers)
+        k = checkpointed_layers(tokens, self.checkpoint_reference_tokens, n_layers, self.checkpoint_layers)
+        if k != getattr(self, "last_checkpointed_layers", None):
+            self._set_checkpointed(model, k)
 
     # -- kernels: forward, backward and checkpoint recompute all happen inside training_step ---------------------
     @contextmanager
@@ -306,6 +371,7 @@ class FastORPOTrainer(ORPOTrainer):
                                       device=self.accelerator.device)
         ids, mask, labels = cb["concatenated_input_ids"], cb["concatenated_attention_mask"], cb["concatenated_labels"]
         n_chosen = batch["chosen_labels"].shape[0]
+        self._size_checkpointing(model, ids.numel())  # padded rows: every position is computed
         decoder, head = decoder_and_head(model)
         hidden = self._decoder_states(model, decoder, ids, mask)[:, :-1]  # position t predicts token t+1
         weight = autocast_weight(head.weight)
@@ -381,6 +447,7 @@ class FastORPOTrainer(ORPOTrainer):
         hidden_idx, targets, rows, in_nll, in_logp = map(cat, (hidden_idx, targets, rows, in_nll, in_logp))
 
         decoder, head = decoder_and_head(model)
+        self._size_checkpointing(model, packed.input_ids.numel())
         packed = packed.to(device, backend)  # the varlen plan is built on the CPU, before the copy
         hidden = self._packed_states(model, decoder, packed, backend)  # [rows * width, H]
         tok = token_logps(hidden[hidden_idx], autocast_weight(head.weight), targets, self.logits_chunk)
@@ -399,4 +466,5 @@ class FastORPOTrainer(ORPOTrainer):
         return all_logps[:n], all_logps[n:], chosen_mean, rejected_mean, chosen_nll_loss
 
 
-__all__ = ["CollatorWithHostCopy", "FastORPOTrainer", "HostCopy", "LengthGroupedPairSampler", "pair_length"]
+__all__ = ["CollatorWithHostCopy", "FastORPOTrainer", "HostCopy", "LengthGroupedPairSampler", "checkpointed_layers",
+           "longest_batch_tokens", "pair_length"]

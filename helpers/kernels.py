@@ -8,6 +8,7 @@ H100 (`benchmarks/orpo_speed.py --profile-steps 3`), and `benchmarks/README.md` 
 
 from __future__ import annotations
 
+import functools
 import types
 from contextlib import contextmanager
 
@@ -110,6 +111,7 @@ class LoRALinear(torch.autograd.Function):
         return gx, grad_a, grad_b, None, None, None
 
 
+@functools.cache  # looked up once: it runs in every MLP's forward and backward
 def _liger_swiglu():
     """Liger's fused SwiGLU kernels (forward, backward), or None (no liger-kernel, or no GPU)."""
     try:
@@ -153,7 +155,7 @@ class SiluMulLoRALinear(torch.autograd.Function):
         gate2, up2 = gate.reshape(-1, gate.shape[-1]).to(dtype), up.reshape(-1, up.shape[-1]).to(dtype)
         y, a = _lora_forward(silu_mul(gate2, up2), frozen_weight(base, dtype), a_w, b_w, scaling)
         ctx.save_for_backward(gate2, up2, a, a_w, b_w)
-        ctx.base, ctx.scaling, ctx.dtype, ctx.shapes = base, scaling, dtype, (gate.shape, up.shape)
+        ctx.base, ctx.scaling, ctx.dtype, ctx.shape = base, scaling, dtype, gate.shape  # up has the same shape
         ctx.in_dtypes, ctx.param_dtypes = (gate.dtype, up.dtype), (lora_a.dtype, lora_b.dtype)
         return y.view(*gate.shape[:-1], y.shape[-1])
 
@@ -167,8 +169,8 @@ class SiluMulLoRALinear(torch.autograd.Function):
         g_gate = g_up = None
         if want_input:
             g_gate, g_up = silu_mul_backward(gate2, up2, g_act)
-            g_gate = g_gate.view(ctx.shapes[0]).to(ctx.in_dtypes[0])
-            g_up = g_up.view(ctx.shapes[1]).to(ctx.in_dtypes[1])
+            g_gate = g_gate.view(ctx.shape).to(ctx.in_dtypes[0])
+            g_up = g_up.view(ctx.shape).to(ctx.in_dtypes[1])
         return g_gate, g_up, grad_a, grad_b, None, None, None
 
 

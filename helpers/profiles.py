@@ -60,6 +60,8 @@ class RunConfig:
     # ---- GPU speed (notebook 04; measured in benchmarks/orpo_speed.py) -------------------------------------
     fast_orpo_trainer: bool = False             # helpers.fast_orpo.FastORPOTrainer: same loss, chunked logits
     checkpoint_layers: int = -1                 # with the fast trainer: checkpoint only the first k layers; -1 = all
+    adaptive_checkpointing: bool = True         # with checkpoint_layers: k is for the longest batch; a shorter one
+                                                # checkpoints fewer layers in the same activation memory (1 process)
     use_liger_kernel: bool = False              # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (GPU, if installed)
     share_prompt: bool = False                  # with the fast trainer: each pair as ONE padding-free segment
                                                 # [prompt, chosen, rejected], the prompt computed once (train and
@@ -104,7 +106,7 @@ PROFILES: dict[str, dict] = {
     "a100": {**_GPU_COMMON, "n_train": 5000, "n_eval": 500, "use_liger_kernel": True,
              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
     "h100": {**_GPU_COMMON, "n_train": 10000, "n_eval": 2000, "use_liger_kernel": True, "share_prompt": True,
-             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "checkpoint_layers": 20,
+             "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "checkpoint_layers": 22,
              "optim": "adamw_torch_fused"},
 }
 GPU_PROFILES = ("t4", "a100", "h100")
@@ -114,7 +116,8 @@ GPU_PROFILES = ("t4", "a100", "h100")
 # tests/test_gpu_paths_on_cpu.py runs every GPU profile's TRAINER_PATH settings end to end on a CPU
 # (`cpu_rehearsal`), and tests/test_profiles.py fails if a profile sets a field that is in neither tuple: a new
 # GPU-only setting cannot escape CI.
-TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layers", "use_liger_kernel", "share_prompt",
+TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layers", "adaptive_checkpointing",
+                "use_liger_kernel", "share_prompt",
                 "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio",
                 "eval_batch_size", "optim")
 HARDWARE_SIZED = ("num_processes", "distributed", "model_id", "dataset_id", "n_train", "n_validation", "n_eval",

@@ -186,9 +186,13 @@ def test_the_speed_benchmark_runs_end_to_end_on_a_tiny_model(bench, tmp_path):
     h100 profile shares prompts, so the comparison run is `unshared`: it must compute more tokens per needed token
     (padding, the prompt twice) than notebook 04's fast run, and a `noshare` variant switches sharing off."""
     result = bench.main(["--tiny", "--out", str(tmp_path / "tiny.json"), "--work-dir", str(tmp_path / "work"),
-                         "--variants", "2:1:noshare", "--scorer-budgets", "64"])
+                         "--variants", "2:1:noshare,2:1:fixed", "--scorer-budgets", "64"])
     runs = result["runs"]
-    assert {"seed", "fast", "unshared", "t4_settings", "fast_mb2_ckpt1_noshare"} <= set(runs)
+    assert {"seed", "fast", "unshared", "t4_settings", "fast_mb2_ckpt1_noshare", "fast_mb2_ckpt1_fixed"} <= set(runs)
+    # checkpointing sized per batch: recorded per step; the `fixed` variant checkpoints its 1 layer at every step
+    fixed = runs["fast_mb2_ckpt1_fixed"]["checkpointed_layers"]["per_step"]
+    assert fixed and set(fixed) == {1}
+    assert runs["fast"]["checkpoint_reference_tokens"] > 0
     assert all(r.get("tokens_per_s") for r in runs.values())
     assert runs["fast"]["share_prompt"] and not runs["unshared"]["share_prompt"]
     assert not runs["fast_mb2_ckpt1_noshare"]["share_prompt"]
@@ -198,6 +202,11 @@ def test_the_speed_benchmark_runs_end_to_end_on_a_tiny_model(bench, tmp_path):
     assert result["eval"]["pairs"] > 0 and result["eval"]["scorer_shared_seconds"] > 0
     assert result["eval"]["shared_by_max_batch_tokens"]["64"]["seconds"] > 0
     assert json.loads((tmp_path / "tiny.json").read_text())["runs"].keys() == runs.keys()
+    # the shared scorer alone (--skip unshared_eval): no unshared timing, the shared one and its bound remain
+    result = bench.main(["--tiny", "--out", str(tmp_path / "tiny2.json"), "--work-dir", str(tmp_path / "work2"),
+                         "--skip", "t4,fast,unshared_eval"])
+    e = result["eval"]
+    assert e["scorer_seconds"] is None and e["speedup"] is None and e["scorer_shared_seconds"] > 0
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from helpers.fast_orpo import FastORPOTrainer, LengthGroupedPairSampler
+from helpers.fast_orpo import FastORPOTrainer, LengthGroupedPairSampler, longest_batch_tokens
 from helpers.scoring import is_right_padded
 
 VOCAB = 300
@@ -155,3 +155,85 @@ def test_evaluation_steps_autocast_like_training_steps(setup, bf16, monkeypatch)
     expected = (True, torch.bfloat16) if bf16 else (False, torch.get_autocast_dtype("cpu"))
     assert seen == [expected, expected]
     assert fast._peft_has_been_casted_to_bf16 is False  # restored
+
+
+# ----------------------------------------------------------------------------------------------- checkpointing per batch
+
+
+def test_checkpointed_layers_are_the_fewest_that_keep_the_longest_batchs_memory():
+    from helpers.fast_orpo import checkpointed_layers
+
+    n, k, ref = 32, 22, 26_000
+    assert checkpointed_layers(ref, ref, n, k) == k  # the longest batch: k, as configured
+    assert checkpointed_layers(ref // 2, ref, n, k) == 12  # half the tokens: twice the un-checkpointed layers
+    assert checkpointed_layers(ref // 4, ref, n, k) == 0
+    assert checkpointed_layers(2 * ref, ref, n, k) == 27  # longer than expected: more checkpointing, not less
+    assert checkpointed_layers(100, ref, n, 0) == 0 and checkpointed_layers(100, ref, n, n) == n
+    for tokens in range(500, 60_000, 777):
+        got = checkpointed_layers(tokens, ref, n, k)
+        assert (n - got) * tokens <= (n - k) * ref  # within the longest batch's activation memory
+        assert got == 0 or (n - got + 1) * tokens > (n - k) * ref  # and no layer more than that needs
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_longest_batch_tokens_bounds_every_batch_the_decoder_runs(setup, share):
+    """The reference is an upper bound: a real batch, packed or padded as the trainer runs it, is never longer."""
+    from helpers.fast_orpo import longest_batch_tokens
+
+    model, _, fast, _ = setup
+    bound = longest_batch_tokens(fast.train_dataset, 4, share, fast.pack_multiple)
+    seen = []
+    real = FastORPOTrainer._size_checkpointing
+    fast.share_prompt = share
+    try:
+        FastORPOTrainer._size_checkpointing = lambda self, model, tokens: seen.append(tokens)
+        rows = [fast.train_dataset[i] for i in range(len(fast.train_dataset))]
+        longest_first = sorted(rows, key=lambda r: -(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])))
+        with torch.no_grad():
+            for batch_rows in (longest_first[:4], rows[:4], rows[4:]):
+                fast.concatenated_forward(model, fast._prepare_inputs(fast.data_collator(batch_rows)))
+    finally:
+        FastORPOTrainer._size_checkpointing = real
+        fast.share_prompt = False
+    assert len(seen) == 3 and max(seen) <= bound
+    assert max(seen) > bound // 2  # and not a loose one
+
+
+def test_adaptive_checkpointing_recomputes_fewer_layers_for_a_short_batch_with_the_same_gradients(tmp_path):
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = MistralForCausalLM(cfg).float()
+    args = ORPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, beta=0.1, max_length=64,
+                      per_device_train_batch_size=8, gradient_checkpointing=True, report_to="none")
+    fast = FastORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_pairs(8)),
+                           processing_class=_tokenizer())
+    fast.checkpoint_layers = 3
+    rows = [fast.train_dataset[i] for i in range(8)]
+    short = sorted(rows, key=lambda r: len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]))[:2]
+    batch = fast._prepare_inputs(fast.data_collator(short))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # as train() does
+    layers = fast.model.model.layers
+    calls = []  # a checkpointed layer's attention runs twice: forward, and again in the backward
+    for layer in layers:
+        layer.self_attn.register_forward_pre_hook(lambda m, a: calls.append(m))
+    grads = {}
+    for adaptive in (False, True):
+        fast.adaptive_checkpointing = adaptive
+        fast._checkpointing_applied = False
+        fast.checkpoint_reference_tokens = None
+        model.train()
+        model.zero_grad()
+        calls.clear()
+        fast.compute_loss(fast.model, batch).backward()
+        grads[adaptive] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        flags = [bool(layer.gradient_checkpointing) for layer in layers]
+        if adaptive:
+            assert fast.checkpoint_reference_tokens == longest_batch_tokens(fast.train_dataset, 8, False)
+            assert fast.last_checkpointed_layers < 3 and flags == [i < fast.last_checkpointed_layers for i in range(4)]
+        else:
+            assert flags == [True, True, True, False]
+        assert len(calls) == len(layers) + sum(flags)  # each checkpointed layer ran again in the backward, no other
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-6, atol=1e-7)
