@@ -12,7 +12,7 @@ held-out pairs under a few changes, each alone:
   adapter_off      the base model alone (what LoRA costs)
   budget_32k       max_batch_tokens=32768 (rows twice as long)
 
-and prints a kernel profile of the notebook's call on 60 pairs. Scores must stay within bf16 noise of the first.
+and prints kernel profiles (grouped by input shape) of the call on 60 pairs, without and with Liger's kernels. Scores must stay within bf16 noise of the first.
 
     python3 benchmarks/scorer_variants.py --pairs 600 --out $OUT/scorer_variants.json
 """
@@ -92,15 +92,20 @@ def main(argv=None) -> dict:
                                                                                                 reference))))}
         bench.log(f"{name}: {result['variants'][name]}")
 
-    record("as_notebook_05", *timed(score))
-    if device == "cuda":
-        few = ([*prompts[:60], *prompts[:60]], [r["chosen"] for r in rows[:60]] + [r["rejected"] for r in rows[:60]])
+    few = ([*prompts[:60], *prompts[:60]], [r["chosen"] for r in rows[:60]] + [r["rejected"] for r in rows[:60]])
+
+    def profile(key):  # a kernel profile of the shared scorer on 60 pairs (GPU only)
+        if device != "cuda":
+            return
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+                                                torch.profiler.ProfilerActivity.CUDA], record_shapes=True) as prof:
             wall, _ = timed(lambda: mean_answer_logps(model, tokenizer, *few, share_prompt=True))
-        result["profile_as_notebook_05_60_pairs"] = bench.summarize_profile(prof, wall, 1, top=25)
-        for row in result["profile_as_notebook_05_60_pairs"]["top_gpu_self_ms"]:
-            print(f"  {row[1]:>9.1f} ms  {row[2]:>6}x  {row[0]}")
+        result[key] = bench.summarize_profile(prof, wall, 1, top=30)
+        for row in result[key]["top_gpu_self_ms_by_shape"]:
+            print(f"  {row[2]:>9.1f} ms  {row[3]:>6}x  {row[0]}  {row[1]}")
+
+    record("as_notebook_05", *timed(score))
+    profile("profile_as_notebook_05_60_pairs")
     record("budget_32k", *timed(lambda: score(max_batch_tokens=32768)))
     with model.disable_adapter():
         seconds, _ = timed(score)
@@ -123,6 +128,7 @@ def main(argv=None) -> dict:
             _apply_liger_kernel_to_instance(model=model.get_base_model(), rope=True, rms_norm=True, swiglu=True)
             score()  # Triton compiles here
             record("liger", *timed(score))
+            profile("profile_liger_60_pairs")  # notebook 05 as it is now: Liger's kernels where training had them
         except ImportError as e:
             result["variants"]["liger"] = {"skipped": str(e)}
 
