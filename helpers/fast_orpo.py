@@ -110,7 +110,7 @@ def pair_length(row: dict) -> int:
     return max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
 
 
-# ----------------------------------------------------------------------------------------------- checkpointing per batch
+# ------------------------------------------------------------------------------------------- checkpointing per batch
 
 
 def checkpointed_layers(tokens: int, reference_tokens: int, n_layers: int, k: int) -> int:
@@ -264,6 +264,7 @@ class FastORPOTrainer(ORPOTrainer):
         """Before a training forward of `tokens` tokens: checkpoint as few layers as keep its activations within the
         longest batch's with `checkpoint_layers` (see `checkpointed_layers`)."""
         if (self.checkpoint_layers is None or not self.adaptive_checkpointing or not self.checkpoint_reference_tokens
+                or not hasattr(self, "_checkpointable")  # compute_loss applies checkpoint_layers first
                 or self.args.world_size > 1 or not (model.training and torch.is_grad_enabled())):
             return  # several processes: every rank keeps the same k (they see batches of different lengths)
         n_layers = len(decoder_and_head(model)[0].layers)

@@ -93,7 +93,8 @@ CASES = {
     "tiny-profile": {},
     "tiny-fast-path": dict(fast_orpo_trainer=True, checkpoint_layers=1, gradient_checkpointing=True,
                            per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-3,
-                           beta=0.25, lora_r=8, lora_alpha=16, lr_scheduler_type="cosine"),
+                           beta=0.25, lora_r=8, lora_alpha=16, lr_scheduler_type="cosine",
+                           adaptive_checkpointing=False),
 }
 
 
@@ -111,6 +112,7 @@ def test_notebook_cells_build_the_trainer_cfg_asks_for(bench, tiny_world, tmp_pa
     assert type(trainer) is (FastORPOTrainer if cfg.fast_orpo_trainer else ORPOTrainer)
     if cfg.fast_orpo_trainer:
         assert trainer.checkpoint_layers == cfg.checkpoint_layers
+        assert trainer.adaptive_checkpointing is cfg.adaptive_checkpointing is False  # the parameter reaches it
     assert args.per_device_train_batch_size == cfg.per_device_train_batch_size
     assert args.gradient_accumulation_steps == cfg.gradient_accumulation_steps
     assert args.learning_rate == pytest.approx(cfg.learning_rate)

@@ -39,13 +39,17 @@ def _pairs(n=8, seed=0):
              "rejected": " " + words(rng.randint(1, 20))} for _ in range(n)]
 
 
+def _tiny_mistral(layers: int = 2) -> MistralForCausalLM:
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return MistralForCausalLM(cfg).float()
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                        initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = MistralForCausalLM(cfg).float()
+    model = _tiny_mistral()
     tok = _tokenizer()
     args = ORPOConfig(output_dir=str(tmp_path_factory.mktemp("orpo")), bf16=False, use_cpu=True, beta=0.1,
                       max_length=64, per_device_train_batch_size=4, gradient_checkpointing=False, report_to="none")
@@ -157,7 +161,7 @@ def test_evaluation_steps_autocast_like_training_steps(setup, bf16, monkeypatch)
     assert fast._peft_has_been_casted_to_bf16 is False  # restored
 
 
-# ----------------------------------------------------------------------------------------------- checkpointing per batch
+# ------------------------------------------------------------------------------------------- checkpointing per batch
 
 
 def test_checkpointed_layers_are_the_fewest_that_keep_the_longest_batchs_memory():
@@ -201,10 +205,7 @@ def test_longest_batch_tokens_bounds_every_batch_the_decoder_runs(setup, share):
 
 def test_adaptive_checkpointing_recomputes_fewer_layers_for_a_short_batch_with_the_same_gradients(tmp_path):
     torch.manual_seed(0)
-    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                        initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = MistralForCausalLM(cfg).float()
+    model = _tiny_mistral(layers=4)
     args = ORPOConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, beta=0.1, max_length=64,
                       per_device_train_batch_size=8, gradient_checkpointing=True, report_to="none")
     fast = FastORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_pairs(8)),

@@ -166,19 +166,25 @@ def test_apply_liger_kernels_patches_the_instance_or_says_why_not(monkeypatch):
     assert len(calls) == 1
 
 
-def test_lora_linear_on_a_4bit_base_equals_peft_forward_and_backward():
-    """The QLoRA case itself: a bitsandbytes NF4 base (quantized on the CPU), fp32 compute, LoRALinear vs PEFT."""
+def _lora_on_4bit_base(weight: torch.Tensor, compute_dtype=torch.float32):
+    """A PEFT LoRA model (r=4) around one bitsandbytes NF4 linear layer holding `weight` [out, in], quantized on the
+    CPU; returns (model, its LoRA layer)."""
     import bitsandbytes as bnb
 
-    torch.manual_seed(0)
-    dense = torch.nn.Linear(64, 96, bias=False)
-    quantized = bnb.nn.Linear4bit(64, 96, bias=False, compute_dtype=torch.float32, quant_type="nf4")
-    quantized.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4",
-                                         compress_statistics=True)
+    quantized = bnb.nn.Linear4bit(weight.shape[1], weight.shape[0], bias=False, compute_dtype=compute_dtype,
+                                  quant_type="nf4")
+    quantized.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", compress_statistics=True)
     base = torch.nn.Sequential(quantized.to("cpu"))
     base.is_loaded_in_4bit = True  # what from_pretrained(quantization_config=...) marks; PEFT picks its layer by it
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["0"]))
     [layer] = lora_layers(model)
+    return model, layer
+
+
+def test_lora_linear_on_a_4bit_base_equals_peft_forward_and_backward():
+    """The QLoRA case itself: a bitsandbytes NF4 base (quantized on the CPU), fp32 compute, LoRALinear vs PEFT."""
+    torch.manual_seed(0)
+    model, layer = _lora_on_4bit_base(torch.nn.Linear(64, 96, bias=False).weight.data.clone())
     assert type(layer).__module__ == "peft.tuners.lora.bnb"  # PEFT's 4-bit LoRA layer, not a plain one
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_(0, 0.1)
@@ -201,19 +207,12 @@ def test_a_4bit_weight_repacked_for_cpu_inference_keeps_pefts_forward():
     """bitsandbytes repacks a 4-bit weight for its CPU inference kernel (eval mode, no gradients, AVX512-BF16 CPUs):
     the repacked layout must never be dequantized as if it were the ordinary one. Notebook 05 scores the base model
     (adapter off, bitsandbytes' own forward: repacks) before the tuned one; the tuned scores came out wrong before."""
-    import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
 
     from helpers.kernels import frozen_weight_kind
 
     torch.manual_seed(0)
-    quantized = bnb.nn.Linear4bit(64, 128, bias=False, compute_dtype=torch.float32, quant_type="nf4")
-    quantized.weight = bnb.nn.Params4bit(torch.randn(128, 64), requires_grad=False, quant_type="nf4",
-                                         compress_statistics=True)
-    base = torch.nn.Sequential(quantized.to("cpu"))
-    base.is_loaded_in_4bit = True
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["0"]))
-    [layer] = lora_layers(model)
+    model, layer = _lora_on_4bit_base(torch.randn(128, 64))
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_(0, 0.1)
     x = torch.randn(2, 5, 64)
@@ -235,18 +234,10 @@ def test_a_4bit_base_keeps_pefts_forward_when_activations_are_not_in_its_compute
     """Without autocast, fp32 activations (PEFT's k-bit preparation keeps norms in fp32) into a 4-bit layer that
     computes in bf16: bitsandbytes casts them to bf16 for its matmul; fused, the big matmul would run in fp32 (on a
     GPU ~10x slower: an fp16 run's evaluations were). So PEFT's forward runs; with autocast on, the fused one."""
-    import bitsandbytes as bnb
-
     from helpers.kernels import lora_parts
 
     torch.manual_seed(0)
-    quantized = bnb.nn.Linear4bit(64, 96, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
-    quantized.weight = bnb.nn.Params4bit(torch.randn(96, 64), requires_grad=False, quant_type="nf4",
-                                         compress_statistics=True)
-    base = torch.nn.Sequential(quantized.to("cpu"))
-    base.is_loaded_in_4bit = True
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["0"]))
-    [layer] = lora_layers(model)
+    model, layer = _lora_on_4bit_base(torch.randn(96, 64), compute_dtype=torch.bfloat16)
     x = torch.randn(2, 5, 64)
     assert lora_parts(layer, x) is None
     with fused_lora(model):
