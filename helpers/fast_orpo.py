@@ -20,7 +20,8 @@ against TRL on a fixed batch); what changes is *how* it is computed:
    the first k decoder layers only: the others keep their activations (memory) and skip the recompute (time). k is
    for the longest batch the training data can form; an un-checkpointed layer's activations grow with the batch's
    tokens, so a shorter batch checkpoints fewer layers (`adaptive_checkpointing`, one process), never holding more
-   activations than the longest batch would with k (`checkpointed_layers`). Lengths vary, so most batches are short.
+   activations than the longest batch would with k (`checkpointed_layers`). Pair lengths have a long tail and the
+   bound adds up the batch-size longest pairs, so most length-grouped batches are far shorter than it.
 5. **Flash attention, not cuDNN.** On an H100 PyTorch's SDPA prefers cuDNN attention, which builds a new plan for
    every new sequence length: ~3 ms of CPU per call, and with length-varying batches the GPU sat idle 40% of a step
    (profiled in benchmarks/orpo_speed.py). Forward, backward and checkpoint recompute run with flash / mem-efficient
@@ -120,8 +121,9 @@ def checkpointed_layers(tokens: int, reference_tokens: int, n_layers: int, k: in
     An un-checkpointed layer keeps activations in proportion to the batch's tokens (~14 [tokens, hidden] tensors in
     bf16 for Mistral: 2.2 GiB at 20k tokens); a checkpointed one keeps only its input. So the longest batch with k
     checkpointed layers holds ~(n_layers - k) x reference_tokens layer-tokens, and a batch of `tokens` may leave
-    floor((n_layers - k) x reference_tokens / tokens) layers un-checkpointed within the same memory: fewer
-    recomputed layers for every shorter batch, more for a longer one than expected.
+    floor((n_layers - k) x reference_tokens / tokens) layers un-checkpointed within at most the same memory: fewer
+    recomputed layers for every shorter batch, more if a batch is longer than `reference_tokens` (possible only when
+    the reference was set by hand below the data's bound, or a packing pads past it).
     """
     if k <= 0 or tokens <= 0:
         return max(k, 0)

@@ -144,9 +144,13 @@ def explain_out_of_memory(cfg):
     try:
         yield
     except torch.cuda.OutOfMemoryError as err:
+        selective = cfg.fast_orpo_trainer and cfg.gradient_checkpointing and cfg.checkpoint_layers >= 0
+        more_layers = (f"checkpoint more layers (checkpoint_layers {cfg.checkpoint_layers} was sized on shorter pairs "
+                       f"than yours, maybe: -p checkpoint_layers {cfg.checkpoint_layers + 4}, or -1 for all); "
+                       if selective else "")
         raise RuntimeError(
             f"GPU out of memory (micro-batch {cfg.per_device_train_batch_size}, max_length {cfg.max_length}, "
-            f"gradient_checkpointing {cfg.gradient_checkpointing}). Fix, cheapest first: halve "
+            f"gradient_checkpointing {cfg.gradient_checkpointing}). Fix, cheapest first: {more_layers}halve "
             "per_device_train_batch_size and double gradient_accumulation_steps (same effective batch); set "
             "gradient_checkpointing True; lower max_length (02 then drops more long pairs); restart the kernel "
             "to free memory. Rerunning the same run resumes from its last checkpoint.") from err

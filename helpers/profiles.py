@@ -61,7 +61,8 @@ class RunConfig:
     fast_orpo_trainer: bool = False             # helpers.fast_orpo.FastORPOTrainer: same loss, chunked logits
     checkpoint_layers: int = -1                 # with the fast trainer: checkpoint only the first k layers; -1 = all
     adaptive_checkpointing: bool = True         # with checkpoint_layers: k is for the longest batch; a shorter one
-                                                # checkpoints fewer layers in the same activation memory (1 process)
+                                                # checkpoints fewer layers, in at most that activation memory
+                                                # (one process; several keep k)
     use_liger_kernel: bool = False              # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (GPU, if installed)
     share_prompt: bool = False                  # with the fast trainer: each pair as ONE padding-free segment
                                                 # [prompt, chosen, rejected], the prompt computed once (train and

@@ -42,6 +42,12 @@ def test_out_of_memory_gets_concrete_advice():
     with pytest.raises(RuntimeError, match="halve per_device_train_batch_size.*resumes from its last checkpoint"):
         with explain_out_of_memory(cfg):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    # selective checkpointing (h100): checkpointing more layers comes first, with the value to try
+    cfg = resolve_config("h100", has_gpu=True)
+    advice = r"Fix, cheapest first: checkpoint more layers .*-p checkpoint_layers 26, or -1"
+    with pytest.raises(RuntimeError, match=advice):
+        with explain_out_of_memory(cfg):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
 def test_token_pasted_as_parameter_is_refused_without_echoing_it():

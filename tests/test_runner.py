@@ -59,6 +59,9 @@ def test_finished_run_is_refused_without_overwrite(outputs, capsys):
     (["-p", "fast_orpo_trainer", "true"], "fast_orpo_trainer", True),
     (["-p", "fast_orpo_trainer", "True"], "fast_orpo_trainer", True),
     (["-p", "max_steps", "100"], "max_steps", 100),
+    (["-p", "checkpoint_layers", "-1"], "checkpoint_layers", -1),  # the OOM advice's own values
+    (["-p", "checkpoint_layers", "26"], "checkpoint_layers", 26),
+    (["-p", "adaptive_checkpointing", "false"], "adaptive_checkpointing", False),
 ])
 def test_parameters_read_like_papermills_p(outputs, argv, name, value):
     from helpers.profiles import resolve_config
