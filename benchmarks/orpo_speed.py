@@ -924,7 +924,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--evaluate-batch-sizes", default="8,2", help="eval batch sizes ORPOTrainer.evaluate is timed at "
                     "(8: Trainer's default; 2: the seed recipe's); the faster one is the reference")
     ap.add_argument("--profile-steps", type=int, default=0, help="profile the fast run's last N steps (untimed)")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,shared,eval,same,"
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: t4,seed,fast,shared,eval,"
                     "shared_eval (the scorer with prompt sharing), unshared_eval (the scorer without it)")
     ap.add_argument("--scoring-bound", metavar="RESULT_JSON", help="print the scoring speed-up bound for a saved "
                     "result (see `scoring_bound`) and exit; no GPU needed")

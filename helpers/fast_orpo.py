@@ -218,6 +218,7 @@ class FastORPOTrainer(ORPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._checkpointing_applied = False
+        self._checkpointable: list[bool] | None = None  # per decoder layer, once checkpoint_layers is applied
         self.data_collator = CollatorWithHostCopy(self.data_collator, self)
 
     # -- batches of similar length --------------------------------------------------------------------------
@@ -266,11 +267,11 @@ class FastORPOTrainer(ORPOTrainer):
         """Before a training forward of `tokens` tokens: checkpoint as few layers as keep its activations within the
         longest batch's with `checkpoint_layers` (see `checkpointed_layers`)."""
         if (self.checkpoint_layers is None or not self.adaptive_checkpointing or not self.checkpoint_reference_tokens
-                or not hasattr(self, "_checkpointable")  # compute_loss applies checkpoint_layers first
+                or self._checkpointable is None  # compute_loss applies checkpoint_layers first
                 or self.args.world_size > 1 or not (model.training and torch.is_grad_enabled())):
             return  # several processes: every rank keeps the same k (they see batches of different lengths)
-        n_layers = len(decoder_and_head(model)[0].layers)
-        k = checkpointed_layers(tokens, self.checkpoint_reference_tokens, n_layers, self.checkpoint_layers)
+        k = checkpointed_layers(tokens, self.checkpoint_reference_tokens, len(self._checkpointable),
+                                self.checkpoint_layers)
         if k != getattr(self, "last_checkpointed_layers", None):
             self._set_checkpointed(model, k)
 

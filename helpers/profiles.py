@@ -100,8 +100,8 @@ _GPU_COMMON = dict(
 # the 40 GiB budget; benchmarks/results/h100_adaptive_ckpt22.json). The budget scales with the data's longest
 # possible batch: longer pairs need measuring (notebook 04 prints the peak). Several processes checkpoint 22 always.
 # h100 steps its optimizer with torch's fused AdamW: one kernel for all 448 LoRA tensors, where bitsandbytes' paged
-# 8-bit AdamW updates them one by one and waits for the GPU
-# after each (5% slower, measured); its fp32 states cost 0.3 GiB, nothing on an 80 GB card. t4 ~8 GiB (16 GB card).
+# 8-bit AdamW updates them one by one and waits for the GPU after each (5% slower, measured); its fp32 states cost
+# 0.3 GiB, nothing on an 80 GB card. t4 ~8 GiB (16 GB card).
 # a100: 16 pairs with full checkpointing (19 GiB fits a 40 GB card); not measured on an A100.
 PROFILES: dict[str, dict] = {
     "tiny": {},
