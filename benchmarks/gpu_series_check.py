@@ -107,7 +107,7 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------- data text
 # Text is built from a lexicon of pseudo-words (Zipf-distributed, as word frequencies are) mixed with English
 # function words, in sentences and paragraphs; prompts open like instructions. A BPE tokenizer trained on it has
-# UltraFeedback-like token counts per word, and nothing in it matches helpers.tasks' checkable task families.
+# UltraFeedback-like token counts per word, and nothing in it matches offline_default.tasks' checkable task families.
 
 FUNCTION_WORDS = ("the of and to a in is that it for as with on be by this are or from at can which you your we not "
                   "an will how what when if but all more one has have was there their they its also so than into "
@@ -412,7 +412,7 @@ def verify(model_dir: Path, data_dir: Path) -> dict:
     import datasets
     from transformers import AutoConfig, AutoTokenizer
 
-    from helpers.tasks import task_of
+    from offline_default.tasks import task_of
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     data = datasets.load_from_disk(str(data_dir))

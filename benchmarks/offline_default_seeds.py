@@ -44,9 +44,9 @@ def reward_accuracy_per_family(run: Path, seed: int) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from helpers.offline_default import OFFLINE_MODEL_ID, resolve
+    from offline_default import OFFLINE_MODEL_ID, resolve
     from helpers.scoring import mean_answer_logps
-    from helpers.tasks import task_of
+    from offline_default.tasks import task_of
 
     test = load_from_disk(str(run / "data"))["test"]
     tokenizer = AutoTokenizer.from_pretrained(run / "adapter")
@@ -68,7 +68,7 @@ def reward_accuracy_per_family(run: Path, seed: int) -> dict:
 
 
 TEST_SET = ("the offline default's test_prefs split: per family 30 distinct task instances (family + operands,"
-            " `helpers.tasks.instance_key`) drawn first from the seed, one prompt each; the training pairs and the"
+            " `offline_default.tasks.instance_key`) drawn first from the seed, one prompt each; the training pairs and the"
             " pretraining text are then drawn only from other instances (in no wording, and for larger/smaller in no"
             " order, asks a prompt for a test instance); notebook 02 carves validation from the training pairs by"
             " instance")
@@ -78,8 +78,8 @@ def shared_instances(run: Path, seed: int) -> dict:
     """How many test instances also occur in the run's train / validation split and in the pretraining prompts."""
     from datasets import load_from_disk
 
-    from helpers.offline_default import build_examples
-    from helpers.tasks import instance_key
+    from offline_default.build import build_examples
+    from offline_default.tasks import instance_key
 
     data = load_from_disk(str(run / "data"))
     keys = {name: {instance_key(p[-1]["content"]) for p in data[name]["prompt"]} for name in data}
@@ -91,7 +91,7 @@ def shared_instances(run: Path, seed: int) -> dict:
 
 def run_seed(seed: int, outputs: Path, parameters: list[list[str]]) -> dict | None:
     from helpers import runner
-    from helpers.offline_default import ensure_offline_default
+    from offline_default import ensure_offline_default
 
     started = time.perf_counter()
     info = ensure_offline_default(seed=seed).build_info

@@ -234,8 +234,7 @@ def notebook_namespace(cfg, device: str, run_root: Path, model, tokenizer, data)
     run.root.mkdir(parents=True, exist_ok=True)
     train_dataset, eval_dataset = select_like_notebook(data)
     return {"cfg": cfg, "precision": dict(PRECISION[device]), "run": run, "model": model, "tokenizer": tokenizer,
-            "data": data, "train_dataset": train_dataset, "eval_dataset": eval_dataset, "torch": torch,
-            "processes": 1, "train_here": True, "fsdp": False}  # one process: the benchmark measures one GPU
+            "data": data, "train_dataset": train_dataset, "eval_dataset": eval_dataset, "torch": torch}
 
 
 def build_and_save_model(path: Path, config: dict, device: str, dtype: torch.dtype, tokenizer) -> float:
@@ -451,7 +450,7 @@ def make_trainer(kind: dict, model, data, tokenizer, out_dir: Path, steps: int, 
     from peft import LoraConfig
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    from helpers.fast_orpo import FastORPOTrainer
+    from engine.fast_orpo import FastORPOTrainer
 
     optim = kind["optim"] if torch.cuda.is_available() else "adamw_torch"  # paged 8-bit Adam is CUDA-only
     fields = dict(per_device_train_batch_size=kind["per_device_train_batch_size"],
@@ -684,7 +683,7 @@ def load_like_notebook_05(model_path: Path, adapter_path: Path, device: str, lig
     (use_liger_kernel) has notebook 05 apply them (its model cell, minus the run-folder plumbing)."""
     from peft import PeftModel
 
-    from helpers.kernels import apply_liger_kernels
+    from engine.kernels import apply_liger_kernels
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     base = load_4bit(model_path, dtype, device)
@@ -707,9 +706,13 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
     `shared_budgets` times it again at other `max_batch_tokens` (notebook 05 uses the default, 16384).
     `unshared=False` skips timing the unshared scorer on all pairs (notebook 05 shares prompts in the h100 profile).
     """
+    import functools
+
     from trl.data_utils import maybe_apply_chat_template
 
-    from helpers.scoring import mean_answer_logps
+    from helpers.scoring import mean_answer_logps as scorer
+
+    mean_answer_logps = functools.partial(scorer, fast=True)  # as notebook 05 scores on the GPU profiles
 
     n = len(eval_rows)
     tokenized = eval_rows.map(maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer}).map(
@@ -958,7 +961,7 @@ def main(argv=None) -> dict:
     import datasets
 
     datasets.disable_progress_bars()
-    from helpers.fast_orpo import pair_length
+    from engine.fast_orpo import pair_length
     from helpers.profiles import resolve_config
 
     # The fast path's config: the h100 profile, overridden only where a benchmark must.
@@ -969,8 +972,7 @@ def main(argv=None) -> dict:
     # Pre-flight, before minutes of setup: notebook 04's LoRA and ORPOConfig cells must run on these versions.
     if "fast" not in skip:
         pre = {"cfg": fast_cfg, "precision": dict(PRECISION[device]),
-               "run": __import__("helpers.rundir", fromlist=["RunDir"]).RunDir(work / "preflight"),
-               "processes": 1, "train_here": True, "fsdp": False}  # as notebook_namespace: one process
+               "run": __import__("helpers.rundir", fromlist=["RunDir"]).RunDir(work / "preflight")}
         for src in notebook_cells()[:2]:
             exec(compile(src, "<notebook 04 pre-flight>", "exec"), pre)
         log(f"pre-flight: notebook 04's LoraConfig and ORPOConfig cells ran (warmup_steps="
@@ -1078,7 +1080,7 @@ def main(argv=None) -> dict:
         r["share_prompt"] = bool(tr.share_prompt)
         r["checkpoint_reference_tokens"] = getattr(tr, "checkpoint_reference_tokens", None)
         if tr.share_prompt:  # which attention kernel applied the packed mask ("auto" resolved on this machine)
-            from helpers.prefix_sharing import resolve_backend
+            from engine.prefix_sharing import resolve_backend
             r["share_prompt_backend"] = resolve_backend(tr.share_prompt_backend, tr.accelerator.device)
         result["runs"]["fast"] = r
         result["same_math"] = same_math(tr)

@@ -5,7 +5,7 @@
 On a packed row shaped like notebook 04's h100 micro-batch (16 pairs with UltraFeedback-like prompt and answer
 lengths, Mistral-7B's attention shape: 32 query heads, 8 key/value heads, head size 128, bf16), it compares the
 output and the query/key/value gradients of
-  varlen   FlashAttention's variable-length kernel over helpers.prefix_sharing.varlen_plan (the "auto" choice)
+  varlen   FlashAttention's variable-length kernel over engine.prefix_sharing.varlen_plan (the "auto" choice)
   flex     FlexAttention with the BlockMask (compiled)
 with `varlen_reference` in float32 (the same rule, one SDPA call per segment with an explicit mask) as the truth,
 and times forward + backward of each. Both must be within bf16 error of the truth (relative L2 error < 1e-2); the
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from helpers.prefix_sharing import _flex, block_mask, pack_groups, varlen_attention, varlen_plan  # noqa: E402
+from engine.prefix_sharing import _flex, block_mask, pack_groups, varlen_attention, varlen_plan  # noqa: E402
 
 
 def packed_row(pairs: int = 16, seed: int = 0):

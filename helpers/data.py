@@ -13,8 +13,8 @@ import random
 from pathlib import Path
 
 from .chat import prompt_and_answer_texts, trl_tokens
-from .offline_default import OFFLINE_DATASET_ID, ensure_offline_default
-from .tasks import instance_key
+from offline_default import OFFLINE_DATASET_ID, ensure_offline_default
+from offline_default.tasks import instance_key
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 ROLES = {"system", "user", "assistant"}

@@ -10,7 +10,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from .offline_default import OFFLINE_DATASET_ID, OFFLINE_MODEL_ID
+from offline_default import OFFLINE_DATASET_ID, OFFLINE_MODEL_ID
 
 TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{20,}")
 FIX = ("Fix: check the id and your network; for a gated model accept its license on huggingface.co and run "

@@ -1,14 +1,47 @@
-"""Model-side plumbing: memory report (notebook 03), checkpoints, progress and throughput (notebook 04)."""
+"""Model-side plumbing: where the model goes and its memory (notebooks 03-05); optimizer choice, one GPU per process,
+checkpoints, progress, throughput and out-of-memory advice (notebook 04)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+
+
+def device_map_for(precision: dict) -> dict | None:
+    """`from_pretrained(device_map=...)` for QLoRA (notebooks 03-05): the WHOLE 4-bit model on this process's GPU,
+    {"": 0} when alone. Never "auto", which would spread it over every visible GPU (slow, and not how 4-bit training
+    works). None on a CPU, and under FSDP (several GPUs, docs/multi-gpu.md), which places the shards itself."""
+    if precision["device"] != "cuda" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", 0))}
+
+
+def auto_optimizer(device: str) -> str:
+    """Notebook 04's `optim="auto"`: bitsandbytes' paged 8-bit AdamW on one GPU (8-bit states, paged to CPU under
+    memory spikes; CUDA only). torch's AdamW on a CPU, and with several processes: paged states failed to resume
+    after a kill on 2 H100s (bitsandbytes#1708) and fail FSDP's checkpoint saving (PEFT's FSDP guide). Its fp32
+    states cost 8 bytes x 42M LoRA weights = 0.3 GiB on a 7B model."""
+    several = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    return "adamw_torch" if device == "cpu" or several else "paged_adamw_8bit"
+
+
+def use_one_gpu(training_args) -> None:
+    """Notebook 04: one process trains on ONE GPU, even on a machine with several (Kaggle's 2 x T4, say).
+
+    Otherwise the Trainer sees n_gpu > 1, multiplies the micro-batch by the number of GPUs and wraps the model in
+    torch's DataParallel, which cannot replicate a 4-bit model (measured on 2 H100s: 2 x 16 pairs per step on GPU 0,
+    55 GiB instead of 30). Several GPUs are `num_processes`' job. The Trainer does the same (`args._n_gpu = 1`) for a
+    model spread over GPUs; it must happen after the devices are set up (which would overwrite it).
+    """
+    _ = training_args.device  # sets up devices (and n_gpu) now, so nothing resets what follows
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1 and training_args.n_gpu > 1:
+        training_args._n_gpu = 1
 
 
 def logical_parameter_count(model) -> int:
@@ -44,7 +77,7 @@ def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
     for folder in folders:
         if any(folder.glob("pytorch_model_fsdp*")):  # FSDP saves sharded model and optimizer states instead
             print(f"Not resuming from {folder.name}: an FSDP sharded checkpoint (no adapter file); resuming those is "
-                  "not supported yet (README, Several GPUs), so training starts from step 0")
+                  "not supported yet (docs/multi-gpu.md), so training starts from step 0")
             continue
         missing = [f for f in CHECKPOINT_FILES if not (folder / f).exists()]
         try:
@@ -55,37 +88,6 @@ def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
             missing = ["a readable trainer_state.json"]
         print(f"Skipping incomplete checkpoint {folder.name} (missing {', '.join(missing)})")
     return None
-
-
-def adapter_tensor_names(model) -> set[str]:
-    """The tensor names a PeftModel's adapter file must hold: its trainable LoRA parameters, named as PEFT saves them
-    (without the adapter name). Notebook 04 reads them before training, while no FSDP wrapper has flattened them."""
-    adapter = getattr(model, "active_adapter", "default")
-    return {name.replace(f".{adapter}.", ".") for name, param in model.named_parameters()
-            if param.requires_grad and "lora_" in name}
-
-
-def check_saved_adapter(adapter_dir: Path, expected: set[str]) -> int:
-    """Fail loudly if the adapter notebook 04 just saved lacks LoRA weights the model trained (notebook 04, rank 0).
-
-    A file can be written without any error and still miss tensors (under FSDP the gathered state dict can differ
-    from the model's): notebook 05 would then evaluate the untrained base model, with only a warning. `expected`:
-    `adapter_tensor_names(model)` taken before training. Returns the number of tensors saved.
-    """
-    from safetensors import safe_open
-
-    path = Path(adapter_dir) / "adapter_model.safetensors"
-    with safe_open(str(path), framework="pt") as f:
-        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (no __iter__)
-    missing, empty = sorted(expected - set(saved)), sorted(k for k, shape in saved.items() if 0 in shape)
-    if not expected or missing or empty:
-        raise RuntimeError(
-            f"The saved adapter {path.parent.name}/{path.name} is not the trained one: {len(saved)} tensors saved, "
-            f"{len(expected)} trainable LoRA tensors in the model; missing {len(missing)} (e.g. {missing[:2]}), "
-            f"empty {len(empty)} (e.g. {empty[:2]}); saved names e.g. {sorted(saved)[:2]}. Notebook 05 would "
-            "evaluate the base model. Fix: with distributed=fsdp, train with distributed=ddp instead (FSDP's adapter "
-            "saving is not verified on GPUs yet: README, Several GPUs); otherwise please report it with this message.")
-    return len(saved)
 
 
 class PlainProgress(TrainerCallback):

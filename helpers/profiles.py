@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 
-from .offline_default import OFFLINE_DATASET_ID, OFFLINE_MODEL_ID
+from offline_default import OFFLINE_DATASET_ID, OFFLINE_MODEL_ID
 
 MISTRAL_7B = "mistralai/Mistral-7B-v0.1"
 ULTRAFEEDBACK = "HuggingFaceH4/ultrafeedback_binarized"
@@ -58,7 +58,7 @@ class RunConfig:
                                                 # several processes; or one of OPTIMIZERS (h100: fused torch AdamW)
     gradient_checkpointing: bool = False
     # ---- GPU speed (notebook 04; measured in benchmarks/orpo_speed.py) -------------------------------------
-    fast_orpo_trainer: bool = False             # helpers.fast_orpo.FastORPOTrainer: same loss, chunked logits
+    fast_orpo_trainer: bool = False             # engine.fast_orpo.FastORPOTrainer: same loss, chunked logits
     checkpoint_layers: int = -1                 # with the fast trainer: checkpoint only the first k layers; -1 = all
     adaptive_checkpointing: bool = True         # with checkpoint_layers: k is for the longest batch; a shorter one
                                                 # checkpoints fewer layers, in at most that activation memory
@@ -94,7 +94,7 @@ _GPU_COMMON = dict(
 # Batch sizes and checkpointing as measured on an H100 (benchmarks/README.md). With the fast trainer, 16-pair
 # micro-batches beat 8 (more work per kernel launch: at 8 the step was CPU-bound). h100 shares each prompt between its
 # two answers (share_prompt: ~32% fewer tokens computed, no padding), and its LoRA layers keep less for the backward
-# (helpers.kernels: the MLP's product is recomputed, not kept): an un-checkpointed layer costs ~2.2 GiB at the
+# (engine.kernels: the MLP's product is recomputed, not kept): an un-checkpointed layer costs ~2.2 GiB at the
 # longest batch, so 22 of 32 layers are checkpointed at the longest batch the data can form and fewer at shorter ones
 # (adaptive_checkpointing): 39.3-39.8 GiB peak on the benchmark's UltraFeedback-like lengths (21 peaked at 42.8, over
 # the 40 GiB budget; benchmarks/results/h100_adaptive_ckpt22.json). The budget scales with the data's longest

@@ -39,8 +39,8 @@ def test_each_marker_is_in_exactly_one_code_cell_of_notebook_04(bench):
     assert len(cells) == 3
     for marker, src in zip(bench.CELL_MARKERS, cells, strict=True):
         assert marker in src
-    # the trainer cell is the one that also applies checkpoint_layers and prints the trainable parameters
-    assert "trainer.checkpoint_layers = cfg.checkpoint_layers" in cells[2]
+    # the trainer cell is the one that swaps in the engine's trainer (checkpoint_layers, share_prompt from cfg)
+    assert "fast_orpo_trainer(cfg)" in cells[2]
     assert "print_trainable_parameters()" in cells[2]
 
 
@@ -63,7 +63,7 @@ def test_extraction_fails_loudly_on_a_missing_or_duplicated_cell(bench, tmp_path
 def tiny_world(bench):
     from transformers import MistralConfig, MistralForCausalLM
 
-    from helpers.offline_default import train_tokenizer
+    from offline_default.build import train_tokenizer
 
     rng = random.Random(0)
     words = lambda k: " ".join(f"w{rng.randrange(200)}" for _ in range(k))  # noqa: E731
@@ -102,14 +102,14 @@ CASES = {
 def test_notebook_cells_build_the_trainer_cfg_asks_for(bench, tiny_world, tmp_path, case):
     from trl.experimental.orpo import ORPOTrainer
 
-    from helpers.fast_orpo import FastORPOTrainer
+    from engine.fast_orpo import FastORPOTrainer
 
     tokenizer, data, model = tiny_world
     cfg = resolve_config("tiny", {**CASES[case], **bench.benchmark_overrides(3)})
     ns = bench.run_notebook_cells(bench.notebook_namespace(cfg, "cpu", tmp_path / "run", model(), tokenizer, data))
     trainer, args = ns["trainer"], ns["trainer"].args
 
-    assert type(trainer) is (FastORPOTrainer if cfg.fast_orpo_trainer else ORPOTrainer)
+    assert isinstance(trainer, FastORPOTrainer) is cfg.fast_orpo_trainer and isinstance(trainer, ORPOTrainer)
     if cfg.fast_orpo_trainer:
         assert trainer.checkpoint_layers == cfg.checkpoint_layers
         assert trainer.adaptive_checkpointing is cfg.adaptive_checkpointing is False  # the parameter reaches it
@@ -131,14 +131,14 @@ def test_notebook_cells_build_the_trainer_cfg_asks_for(bench, tiny_world, tmp_pa
 
 
 def test_the_benchmark_instrumentation_keeps_the_notebooks_trainer_class(bench, tiny_world, tmp_path):
-    from helpers.fast_orpo import FastORPOTrainer
+    from engine.fast_orpo import FastORPOTrainer
 
     tokenizer, data, model = tiny_world
     cfg = resolve_config("tiny", {"fast_orpo_trainer": True, "per_device_train_batch_size": 4,
                                   **bench.benchmark_overrides(2)})
     ns = bench.run_notebook_cells(bench.notebook_namespace(cfg, "cpu", tmp_path / "run", model(), tokenizer, data))
     trainer = bench.instrument(ns["trainer"])
-    assert type(trainer) is FastORPOTrainer
+    assert isinstance(trainer, FastORPOTrainer)
     trainer.train()
     res = bench.throughput(trainer.stamps, 1, trainer.stamps[0][0] - 1.0)
     assert len(trainer.stamps) == 2 and res["timed_steps"] == 1 and res["real_tokens"] > 0

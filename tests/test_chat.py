@@ -14,7 +14,7 @@ import pytest
 from trl.data_utils import maybe_apply_chat_template
 from trl.experimental.orpo import ORPOTrainer
 
-from helpers import offline_default as od
+from offline_default import build as od
 from helpers.chat import (CHAT_TEMPLATE, ChatTemplateError, check_for_trl, fold_system_turn, prompt_and_answer_texts,
                           template_facts, trl_tokens)
 from helpers.scoring import encode_answers

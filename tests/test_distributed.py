@@ -1,6 +1,6 @@
 """Notebook 04 on 2 processes (DDP over gloo, on the CPU): the multi-GPU path, minus NCCL and CUDA.
 
-`-p num_processes 2` makes notebook 04 start `accelerate launch` (helpers/distributed.py); the launched processes run
+`-p num_processes 2` makes notebook 04 start `accelerate launch` (engine/multi_gpu.py); the launched processes run
 the notebook's own training cells. Checked here, end to end through the runner on the offline default with the h100
 profile's trainer path (FastORPOTrainer, length-grouped batches, selective checkpointing):
 * the same global batch (2 x 8 pairs vs 1 x 16) gives the same loss curve as one process, within a stated tolerance;
@@ -20,7 +20,9 @@ import psutil
 import pytest
 from processes import start_until, train_losses
 
-from helpers import distributed, runner
+from engine import multi_gpu as distributed
+from helpers import runner
+from helpers.modeling import use_one_gpu
 from helpers.profiles import ParameterError, cpu_rehearsal, resolve_config
 from helpers.rundir import outputs_root
 
@@ -41,11 +43,11 @@ def args_for(run_name: str, processes: int, max_steps: int = 12) -> list[str]:
 
 
 def launched_processes() -> list[psutil.Process]:
-    """This test session's `python -m helpers.distributed` processes (the launched ranks)."""
+    """This test session's `python -m engine.multi_gpu` processes (the launched ranks)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if "helpers.distributed" in (proc.info["cmdline"] or []) and \
+            if "engine.multi_gpu" in (proc.info["cmdline"] or []) and \
                     proc.environ().get("ORPO_OUTPUTS_DIR") == str(outputs_root()):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -74,7 +76,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch():
     notebook = (two / "notebooks" / "04_orpo_training.ipynb").read_text()
     assert "accelerate launch --num_processes 2" in notebook
     assert "global batch 8 pairs x 2 process(es) x 1 accumulation = 16" in notebook
-    assert "identical in all 2 processes" in notebook  # helpers.distributed.check_replicas_agree ran and passed
+    assert "identical in all 2 processes" in notebook  # engine.multi_gpu.check_replicas_agree ran and passed
+    assert "(ran in the 2 launched processes" in notebook  # ... and the kernel did not train again
     assert json.loads((two / "eval.json").read_text())["n_pairs"] == 60  # 05 evaluates what the processes trained
 
 
@@ -143,8 +146,26 @@ def test_launched_processes_run_the_notebooks_own_cells_up_to_the_save():
     assert any("peft_config = LoraConfig(" in s for s in sources) and any("ORPOConfig(" in s for s in sources)
     assert any("trainer = TrainerClass(" in s for s in sources)
     assert not any("training_curves(" in s for s in sources)  # the kernel draws the curves
+    assert not any("train_in_several_processes(" in s for s in sources)  # the launch cell is not run by the ranks
+    # the kernel skips exactly the cells the ranks ran after the launch cell: the model load up to the save
+    after_launch = distributed._cells_after_launch(distributed.NOTEBOOK_04)
+    assert "from_pretrained(" in after_launch[0] and "write_json(run.train_summary" in after_launch[-1]
+    assert [distributed._normalized(s) for s in sources[-len(after_launch):]] == after_launch
     parameters = next(s for s in sources if "num_processes = None" in s)
     assert parameters.rstrip().endswith("run_name = 'x'")  # the kernel's values win over the defaults
+
+
+MACHINERY = ("train_here", "IN_LAUNCHED_PROCESS", "fsdp", "one_gpu_per_process", "prepare_fsdp_qlora",
+             "local_rank", "launch_training", "multi_gpu")
+
+
+def test_notebook_04_names_the_multi_process_machinery_in_one_marked_cell_only():
+    import nbformat
+
+    nb = nbformat.read(distributed.NOTEBOOK_04, as_version=4)
+    naming = [c for c in nb.cells if c.cell_type == "code" and any(word in c.source for word in MACHINERY)]
+    assert len(naming) == 1 and distributed.LAUNCH_CELL in naming[0].metadata.get("tags", []), \
+        [c.source[:80] for c in naming]
 
 
 def test_a_failing_launch_raises_one_error_with_its_output(tmp_path):
@@ -180,7 +201,7 @@ def test_one_process_on_a_multi_gpu_machine_keeps_its_batch(tmp_path):
         assert args.device.type == "cpu"
         args._n_gpu = 2  # what a single process sees on a 2-GPU machine
         if fix:
-            distributed.one_gpu_per_process(args)
+            use_one_gpu(args)
         model = MistralForCausalLM(MistralConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
                                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
         return Trainer(model=model, args=args)._train_batch_size

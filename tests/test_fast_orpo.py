@@ -17,8 +17,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from helpers.fast_orpo import FastORPOTrainer, LengthGroupedPairSampler, longest_batch_tokens
-from helpers.scoring import is_right_padded
+from engine.fast_orpo import FastORPOTrainer, LengthGroupedPairSampler, longest_batch_tokens
+from engine.scoring import is_right_padded
 
 VOCAB = 300
 RTOL = 1e-3
@@ -165,7 +165,7 @@ def test_evaluation_steps_autocast_like_training_steps(setup, bf16, monkeypatch)
 
 
 def test_checkpointed_layers_are_the_fewest_that_keep_the_longest_batchs_memory():
-    from helpers.fast_orpo import checkpointed_layers
+    from engine.fast_orpo import checkpointed_layers
 
     n, k, ref = 32, 22, 26_000
     assert checkpointed_layers(ref, ref, n, k) == k  # the longest batch: k, as configured
@@ -182,7 +182,7 @@ def test_checkpointed_layers_are_the_fewest_that_keep_the_longest_batchs_memory(
 @pytest.mark.parametrize("share", [True, False])
 def test_longest_batch_tokens_bounds_every_batch_the_decoder_runs(setup, share):
     """The reference is an upper bound: a real batch, packed or padded as the trainer runs it, is never longer."""
-    from helpers.fast_orpo import longest_batch_tokens
+    from engine.fast_orpo import longest_batch_tokens
 
     model, _, fast, _ = setup
     bound = longest_batch_tokens(fast.train_dataset, 4, share, fast.pack_multiple)

@@ -1,4 +1,4 @@
-"""FSDP-QLoRA's adapter must survive saving (helpers.distributed.save_fsdp_adapter, notebook 04 with distributed fsdp).
+"""FSDP-QLoRA's adapter must survive saving (engine.multi_gpu.save_fsdp_adapter, notebook 04 with distributed fsdp).
 
 On 2 GPUs an FSDP run wrote an adapter file without any LoRA tensor and notebook 05 evaluated the base model: PEFT
 0.21 picks the LoRA entries of the gathered state dict by walking the model's modules, whose names carry FSDP's
@@ -30,7 +30,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from transformers import MistralConfig, MistralForCausalLM
 
-    from helpers.distributed import save_fsdp_adapter
+    from engine.multi_gpu import save_fsdp_adapter
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -61,7 +61,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_fsdp_adapter_holds_every_trained_lora_tensor(tmp_path):
     from safetensors.torch import load_file
 
-    from helpers.modeling import check_saved_adapter
+    from engine.multi_gpu import check_saved_adapter
 
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
     result = json.loads((tmp_path / "result.json").read_text())

@@ -1,4 +1,4 @@
-"""helpers.kernels changes which kernels run, never the numbers: fused LoRA == PEFT's LoRA, forward and backward.
+"""engine.kernels changes which kernels run, never the numbers: fused LoRA == PEFT's LoRA, forward and backward.
 
 CPU, offline, seconds: a tiny random Mistral with LoRA on all seven projections (B made non-zero, so the LoRA update
 actually contributes), fp32, compared with and without the fused path.
@@ -15,7 +15,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import MistralConfig, MistralForCausalLM
 
-from helpers.kernels import attention_backends, fused_lora, lora_layers, swiglu_mlps
+from engine.kernels import attention_backends, fused_lora, lora_layers, swiglu_mlps
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -112,7 +112,7 @@ def test_fast_trainer_training_step_gives_trls_gradients(tmp_path):
     from transformers import PreTrainedTokenizerFast
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    from helpers.fast_orpo import FastORPOTrainer
+    from engine.fast_orpo import FastORPOTrainer
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(97)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -146,7 +146,7 @@ def test_apply_liger_kernels_patches_the_instance_or_says_why_not(monkeypatch):
     import sys
     import types
 
-    from helpers.kernels import apply_liger_kernels
+    from engine.kernels import apply_liger_kernels
 
     model = object()
     calls = []
@@ -209,7 +209,7 @@ def test_a_4bit_weight_repacked_for_cpu_inference_keeps_pefts_forward():
     (adapter off, bitsandbytes' own forward: repacks) before the tuned one; the tuned scores came out wrong before."""
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
 
-    from helpers.kernels import frozen_weight_kind
+    from engine.kernels import frozen_weight_kind
 
     torch.manual_seed(0)
     model, layer = _lora_on_4bit_base(torch.randn(128, 64))
@@ -234,7 +234,7 @@ def test_a_4bit_base_keeps_pefts_forward_when_activations_are_not_in_its_compute
     """Without autocast, fp32 activations (PEFT's k-bit preparation keeps norms in fp32) into a 4-bit layer that
     computes in bf16: bitsandbytes casts them to bf16 for its matmul; fused, the big matmul would run in fp32 (on a
     GPU ~10x slower: an fp16 run's evaluations were). So PEFT's forward runs; with autocast on, the fused one."""
-    from helpers.kernels import lora_parts
+    from engine.kernels import lora_parts
 
     torch.manual_seed(0)
     model, layer = _lora_on_4bit_base(torch.randn(96, 64), compute_dtype=torch.bfloat16)

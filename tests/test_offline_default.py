@@ -1,4 +1,4 @@
-"""The embedded offline default (helpers.offline_default): schema, checkers, determinism, held-out
+"""The embedded offline default (offline_default): schema, checkers, determinism, held-out
 task instances, the atomic cache, and (slow) the built base model itself."""
 
 import hashlib
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import offline_default as od
-from helpers.tasks import FAMILIES, check_answer, instance_key
+from offline_default import build as od
+from offline_default.tasks import FAMILIES, check_answer, instance_key
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ultrafeedback_features.json"
 

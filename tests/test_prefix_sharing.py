@@ -1,4 +1,4 @@
-"""Prefix sharing (helpers.prefix_sharing, FastORPOTrainer.share_prompt, mean_answer_logps(share_prompt=True)).
+"""Prefix sharing (engine.prefix_sharing, FastORPOTrainer.share_prompt, mean_answer_logps(share_prompt=True)).
 
 The packed [prompt, chosen, rejected] forward must give TRL's ORPO loss, both of its parts, every logged log-prob
 metric and the LoRA gradients, on a tiny random Mistral (fp32, CPU). The batch includes the edge cases of sharing:
@@ -20,10 +20,11 @@ from test_fast_orpo import VOCAB, _pairs, _rel, _tokenizer
 from transformers import MistralConfig, MistralForCausalLM
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from helpers.fast_orpo import FastORPOTrainer
-from helpers.prefix_sharing import (block_mask, common_prefix_len, dense_mask, pack_groups, prefix_sharing_attention,
+from engine.fast_orpo import FastORPOTrainer
+from engine.prefix_sharing import (block_mask, common_prefix_len, dense_mask, pack_groups, prefix_sharing_attention,
                                     run_packed_decoder, varlen_plan, varlen_reference)
-from helpers.scoring import decoder_and_head, mean_answer_logps
+from engine.scoring import decoder_and_head
+from helpers.scoring import mean_answer_logps
 
 RTOL = 1e-3
 METRICS = ["nll_loss", "log_odds_ratio", "log_odds_chosen", "logps/chosen", "logps/rejected", "rewards/chosen",
@@ -138,7 +139,7 @@ def test_varlen_plan_is_the_mask_rule():
 def test_varlen_plan_is_built_before_the_copy(monkeypatch):
     """`PackedGroups.to(device, "varlen")` builds the plan from the CPU tensors and the mask uses that plan: built
     later from GPU tensors it would make the CPU wait for the GPU at every forward (scorer and trainer)."""
-    import helpers.prefix_sharing as ps
+    import engine.prefix_sharing as ps
 
     p = pack_groups([[[1, 5, 6, 7, 2], [1, 5, 6, 9, 9, 2]], [[1, 3], [4]]])
     for backend in ("dense", "flex"):  # no plan for the other backends
@@ -159,7 +160,7 @@ def test_varlen_kernel_call_adapts_to_the_torch_version(monkeypatch, gqa_keyword
     keyword. A stand-in with each signature checks what the real kernel would receive (CPU: no FlashAttention)."""
     import torch.nn.attention.varlen as varlen_module
 
-    import helpers.prefix_sharing as ps
+    import engine.prefix_sharing as ps
 
     p = pack_groups([[[1, 5, 6, 7, 2], [1, 5, 6, 9, 9, 2]], [[1, 3, 4], [1, 3, 8, 8]]])
     plan = varlen_plan(p)
@@ -313,7 +314,7 @@ def test_training_steps_run_with_sharing(setup, tmp_path):
 def test_packing_reads_the_collators_host_copy(setup):
     """With sharing on, the collator adds a CPU copy of the batch, and the packed forward reads that copy (not the
     device tensors, whose `.cpu()` would wait for the GPU). Off, the batch is the collator's own."""
-    from helpers.fast_orpo import HOST_COPY, HostCopy
+    from engine.fast_orpo import HOST_COPY, HostCopy
 
     model, trl, fast, batch = setup
     rows = [trl.train_dataset[i] for i in range(len(trl.train_dataset))]
@@ -345,7 +346,7 @@ def test_packing_reads_the_collators_host_copy(setup):
 def test_scorer_sharing_gives_the_same_scores(setup):
     from test_scoring import ANSWERS, PROMPTS, TEXTS  # conversational prompts, the series' chat template
 
-    from helpers.offline_default import train_tokenizer
+    from offline_default.build import train_tokenizer
 
     tokenizer = train_tokenizer(TEXTS, vocab_size=300)
     torch.manual_seed(0)
@@ -415,7 +416,7 @@ def test_sequences_longer_than_the_sliding_window_use_the_unshared_path(setup):
 def test_auto_backend_follows_the_gpu(monkeypatch, capability, want):
     """"auto" takes FlashAttention's varlen kernel on an A100/H100 and FlexAttention on a T4 (FlashAttention-2 has
     no kernels below compute capability 8); on a CPU the dense mask."""
-    from helpers.prefix_sharing import resolve_backend
+    from engine.prefix_sharing import resolve_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)

@@ -97,7 +97,7 @@ def test_saved_adapter_check_fails_loudly_on_a_missing_or_empty_tensor(tmp_path)
     from safetensors.torch import load_file, save_file
     from transformers import MistralConfig, MistralForCausalLM
 
-    from helpers.modeling import adapter_tensor_names, check_saved_adapter
+    from engine.multi_gpu import adapter_tensor_names, check_saved_adapter
 
     cfg = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                         num_attention_heads=2, num_key_value_heads=1)

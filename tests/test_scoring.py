@@ -5,7 +5,7 @@ import torch
 from transformers import MistralConfig, MistralForCausalLM
 
 from helpers.chat import CHAT_TEMPLATE
-from helpers.offline_default import train_tokenizer
+from offline_default.build import train_tokenizer
 from helpers.scoring import generate_greedy, mean_answer_logps, preference_metrics
 
 TEXTS = ["What is 3 plus 4? 7", "Reverse the letters: c a t", "t a c", "Sort ascending: 5 2 9", "2 5 9"] * 20

@@ -1,10 +1,10 @@
-"""The task families' checkers (helpers.tasks): right answers pass, plausible wrong ones fail."""
+"""The task families' checkers (offline_default.tasks): right answers pass, plausible wrong ones fail."""
 
 import random
 
 import pytest
 
-from helpers.tasks import FAMILIES, TASK_FAMILIES, _wording_regex, check_answer, instance_key, make_example, task_of
+from offline_default.tasks import FAMILIES, TASK_FAMILIES, _wording_regex, check_answer, instance_key, make_example, task_of
 
 # (prompt, right answer, wrong answers): each wrong answer is a behaviour a model might show.
 CASES = [

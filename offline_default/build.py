@@ -1,7 +1,7 @@
 """The embedded offline default: a tiny Mistral base model and UltraFeedback-schema preference data.
 
 No Hub access is needed: `ensure_offline_default()` builds, deterministically from a seed,
-1. preference pairs from the task families in `helpers.tasks`, saved with `save_to_disk` in the exact
+1. preference pairs from the task families in `offline_default.tasks`, saved with `save_to_disk` in the exact
    schema of HuggingFaceH4/ultrafeedback_binarized (splits `train_prefs` / `test_prefs`);
 2. a byte-level BPE tokenizer trained with `tokenizers` on the pretraining text, carrying the series'
    chat template (`helpers.chat.CHAT_TEMPLATE`);
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from helpers.chat import CHAT_TEMPLATE
-from helpers.tasks import FAMILIES, SCORE_CHOSEN, check_answer, instance_key_of, make_example
+from .tasks import FAMILIES, SCORE_CHOSEN, check_answer, instance_key_of, make_example
 
 OFFLINE_MODEL_ID = "offline:tiny-mistral"
 OFFLINE_DATASET_ID = "offline:ultrafeedback-tiny"
@@ -262,7 +262,7 @@ def pretrain(model, tokenizer, conversations, seed: int, steps: int, batch_size:
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
     """Greedy replies to single-turn prompts through the chat template (batched, left-padded)."""
-    from .scoring import generate_greedy  # imported here: scoring -> data -> this module
+    from helpers.scoring import generate_greedy  # imported here: scoring -> data -> this module
 
     return generate_greedy(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens,
                            batch_size)
@@ -433,7 +433,7 @@ def _build_model_pinned(out: Path, seed: int, verbose: bool) -> None:
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, **pinned_environment(), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "helpers.offline_default", "--build-model", str(out), "--seed", str(seed)]
+    command = [sys.executable, "-m", "offline_default", "--build-model", str(out), "--seed", str(seed)]
     lines = []
     with subprocess.Popen(command + ([] if verbose else ["--quiet"]), cwd=root, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as child:
@@ -479,7 +479,7 @@ def resolve(id_or_path: str, seed: int = 0, cache_dir: str | Path | None = None)
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """`python -m helpers.offline_default --build-model DIR --seed N`: what `_build_model_pinned` runs."""
+    """`python -m offline_default --build-model DIR --seed N`: what `_build_model_pinned` runs."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,19 +1,22 @@
-"""Notebook 04 on several processes (DDP-QLoRA) with `accelerate launch`, from the notebook itself.
+"""Notebook 04 on several processes (DDP-QLoRA, FSDP-QLoRA) with `accelerate launch`, from the notebook itself.
 
 One source of truth: the launched processes run **notebook 04's own code cells** (the same BitsAndBytesConfig,
 LoraConfig, ORPOConfig and trainer cells a one-process run executes), not a second copy of them in a script.
 
-* In the kernel (`launch_training`, notebook 04 section 6): nothing here touches CUDA. It writes nothing but starts
-  `accelerate launch --multi_gpu --num_processes N -m helpers.distributed <notebook> <parameters>` as a subprocess,
-  streams rank 0's output into the notebook and, if the launch fails, raises one error with the failing output's
-  tail. (On a CPU the same torchrun-based launcher is used and the Trainer's `use_cpu=True` picks the gloo backend:
+* In the kernel (`train_in_several_processes`, the one cell of notebook 04's "Several GPUs" section): with
+  num_processes 1 nothing happens. With N > 1 it starts `accelerate launch --num_processes N -m engine.multi_gpu
+  <notebook> <parameters>` as a subprocess, streams rank 0's output into the notebook and, if the launch fails,
+  raises one error with the failing output's tail. After a successful launch, the kernel does not run the training
+  cells again: each of them prints one line instead (an IPython input transformer, removed after the last one).
+  (On a CPU the same torchrun-based launcher is used and the Trainer's `use_cpu=True` picks the gloo backend:
   accelerate's own `--cpu --num_processes 2` starts ONE process unless MPI is installed, measured with accelerate
   1.15.)
-* In every launched process (`python -m helpers.distributed`, `main`): the notebook's code cells are executed in
-  order, with the parameters cell replaced by the kernel's values, up to the cell tagged `last-training-cell` (the
-  save). `IN_LAUNCHED_PROCESS` is true there, so notebook 04's `train_here` is true and it trains; rank 0 alone
-  writes the run directory (adapter, metrics.jsonl, train_summary.json; the Trainer writes checkpoints from rank 0,
-  plus each rank's RNG state).
+* In every launched process (`python -m engine.multi_gpu`, `main`): the notebook's code cells are executed in order,
+  with the parameters cell replaced by the kernel's values, up to the cell tagged `last-training-cell` (the save),
+  skipping the launch cell. Rank 0 alone writes the run directory (the notebook asks `trainer.is_world_process_zero()`;
+  the Trainer writes checkpoints from rank 0, plus each rank's RNG state). Under FSDP, `main` adapts two things
+  between cells, so notebook 04 needs no FSDP branches: reentrant checkpointing (PEFT's FSDP-QLoRA recipe) and the
+  trainer's preparation and adapter saving (`prepare_fsdp_qlora`, `save_fsdp_adapter`).
 * A process whose launcher (the kernel) disappears stops itself (`_exit_with_launcher`): a killed notebook never
   leaves N processes training into the run directory.
 
@@ -38,11 +41,14 @@ from pathlib import Path
 
 import nbformat
 
-from .profiles import FSDP_NEEDS_GPUS, ParameterError
+from helpers.profiles import FSDP_NEEDS_GPUS, ParameterError
+
+from . import fsdp_launched
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_04 = REPO_ROOT / "notebooks" / "04_orpo_training.ipynb"
 LAST_TRAINING_CELL = "last-training-cell"  # the tag of the cell after which launched processes stop
+LAUNCH_CELL = "several-gpus"  # the tag of the cell that launches them (they skip it)
 _LAUNCHER_ENV = "ORPO_LAUNCHER_PID"  # set for launched processes: the kernel that started them
 IN_LAUNCHED_PROCESS = _LAUNCHER_ENV in os.environ
 
@@ -94,7 +100,7 @@ def launch_command(num_processes: int, notebook: Path, parameters: Path, port: i
     how = ["--config_file", str(FSDP_CONFIG)] if strategy == "fsdp" else ["--multi_gpu", "--mixed_precision", "no",
                                                                          "--dynamo_backend", "no"]
     return [*launcher, *how, "--num_processes", str(num_processes), "--num_machines", "1",
-            "--main_process_port", str(port or _free_port()), "-m", "helpers.distributed", str(notebook),
+            "--main_process_port", str(port or _free_port()), "-m", "engine.multi_gpu", str(notebook),
             str(parameters)]
 
 
@@ -118,7 +124,7 @@ def launch_training(parameters: dict, num_processes: int, notebook: Path = NOTEB
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         echo(f"$ accelerate launch{' --config_file ' + FSDP_CONFIG.name if strategy == 'fsdp' else ''} "
-             f"--num_processes {num_processes} ... -m helpers.distributed {notebook.name}")
+             f"--num_processes {num_processes} ... -m engine.multi_gpu {notebook.name}")
         tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         process = subprocess.Popen(cmd, cwd=notebook.parent, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -137,6 +143,80 @@ def launch_training(parameters: dict, num_processes: int, notebook: Path = NOTEB
     if returncode != 0:
         raise DistributedLaunchError(f"accelerate launch with {num_processes} processes failed (exit code "
                                      f"{returncode}). Last lines of its output:\n" + "\n".join(tail))
+
+
+def train_in_several_processes(run_name: str, cfg, precision: dict, notebook: Path = NOTEBOOK_04) -> int:
+    """Notebook 04's "Several GPUs" cell. num_processes 1 (the default): returns 1 and nothing happens. N > 1:
+    the notebook's training cells run in N launched processes (their output streams into this cell), then the same
+    cells in this kernel only print one line each. Returns the number of processes."""
+    _stop_skipping()  # running this cell again starts afresh
+    processes = resolve_num_processes(cfg.num_processes, precision["device"], cfg.distributed)
+    if processes == 1:
+        print("num_processes 1: sections 1-7 train in this notebook.")
+        return 1
+    launch_training({"run_name": run_name}, processes, notebook=notebook, strategy=cfg.distributed)
+    _skip_training_cells(notebook, processes)
+    return processes
+
+
+def _normalized(source: str) -> str:
+    return "\n".join(line.rstrip() for line in source.strip().splitlines())
+
+
+def _cells_after_launch(notebook: Path) -> list[str]:
+    """Sources of the code cells the launched processes ran after the launch cell (up to `last-training-cell`)."""
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    start = next((k for k, c in enumerate(code) if LAUNCH_CELL in c.metadata.get("tags", [])), -1)
+    cells = []
+    for cell in code[start + 1:]:
+        cells.append(_normalized(cell.source))
+        if LAST_TRAINING_CELL in cell.metadata.get("tags", []):
+            break
+    return cells
+
+
+_skipping: dict = {}
+
+
+def _skip_training_cells(notebook: Path, processes: int) -> None:
+    """In an IPython kernel: a cell whose source is one of the training cells the launched processes just ran is
+    replaced by a one-line print (they trained; this kernel must not train again), until the last of them ran.
+    Matching is by source, so any other cell the learner runs meanwhile runs as usual."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    cells = _cells_after_launch(notebook)
+    message = (f"(ran in the {processes} launched processes: their output is above, under 'Several GPUs'; "
+               "this kernel does not train again)")
+
+    def replace_training_cell(lines: list[str]) -> list[str]:
+        return [f"print({message!r})\n"] if _normalized("".join(lines)) in cells else lines
+
+    def stop_after_last(result) -> None:
+        if cells and _normalized(getattr(result.info, "raw_cell", "") or "") == cells[-1]:
+            _stop_skipping()
+
+    shell.input_transformers_cleanup.append(replace_training_cell)
+    shell.events.register("post_run_cell", stop_after_last)
+    _skipping.update(shell=shell, transformer=replace_training_cell, event=stop_after_last)
+
+
+def _stop_skipping() -> None:
+    shell = _skipping.pop("shell", None)
+    if shell is None:
+        return
+    transformer, event = _skipping.pop("transformer"), _skipping.pop("event")
+    if transformer in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.remove(transformer)
+    try:
+        shell.events.unregister("post_run_cell", event)
+    except ValueError:
+        pass
 
 
 @contextlib.contextmanager
@@ -167,20 +247,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
-def one_gpu_per_process(training_args) -> None:
-    """Notebook 04, before the trainer is built: a single process trains on ONE GPU, even on a machine with several.
-
-    Otherwise the Trainer sees n_gpu > 1 and multiplies the micro-batch by the number of GPUs (and would wrap the model
-    in torch's DataParallel, which cannot replicate a 4-bit model). Measured on 2 H100s: one process trained 2 x 16
-    pairs per step on GPU 0 (55 GiB instead of 30) while the run said 16. Several GPUs are `num_processes`' job (DDP).
-    The Trainer does the same (`args._n_gpu = 1`) for a model spread over GPUs with a device_map; it must happen
-    before the Trainer reads `train_batch_size`, and after the devices are set up (which would overwrite it).
-    """
-    _ = training_args.device  # sets up devices (and n_gpu) now, so nothing resets what follows
-    if world_size() == 1 and training_args.n_gpu > 1:
-        training_args._n_gpu = 1
-
-
 def training_cells(notebook: Path, parameters: dict) -> list[tuple[int, str]]:
     """(cell index, source) of the code cells a launched process runs: from the top to the cell tagged
     `last-training-cell`; the parameters cell keeps its defaults, then gets the kernel's values (run_name: every
@@ -193,8 +259,8 @@ def training_cells(notebook: Path, parameters: dict) -> list[tuple[int, str]]:
         tags = cell.metadata.get("tags", [])
         if "parameters" in tags:
             source = cell.source + "\n" + "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
-        elif "injected-parameters" in tags:
-            continue  # papermill's copy of the values, if the notebook given was an executed one
+        elif "injected-parameters" in tags or LAUNCH_CELL in tags:
+            continue  # papermill's copy of the values (an executed notebook), or the launch itself
         else:
             source = cell.source
         cells.append((index, source))
@@ -237,9 +303,12 @@ def main(argv: list[str]) -> None:
         sys.stdout = open(os.devnull, "w")
         warnings.simplefilter("ignore")
     namespace: dict = {"__name__": "__main__"}
+    adapt = _fsdp_adaptations() if fsdp_launched() else {}
     for index, source in training_cells(notebook, parameters):
         code = compile(source, f"{notebook.name}[cell {index}]", "exec")  # tracebacks name the notebook cell
         exec(code, namespace)
+        for name in [name for name in adapt if name in namespace]:  # the cell that first defines `name`
+            adapt.pop(name)(namespace)
     if not namespace["trainer"].is_fsdp_enabled:  # FSDP shards the weights: there are no replicas to compare
         check_replicas_agree(namespace["trainer"].model)
     import torch.distributed as dist
@@ -253,6 +322,35 @@ def main(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _fsdp_adaptations() -> dict:
+    """What `main` changes under FSDP right after the notebook cell that defines each name, so that notebook 04's
+    cells stay the one-process lesson."""
+
+    def reentrant_checkpointing(ns) -> None:  # before the trainer is built (TRL prepares checkpointing in __init__)
+        ns["training_args"].gradient_checkpointing_kwargs = {"use_reentrant": True}  # PEFT's FSDP-QLoRA recipe
+
+    def prepare_trainer(ns) -> None:
+        import torch
+
+        trainer = ns["trainer"]
+        prepare_fsdp_qlora(trainer, getattr(torch, ns["precision"]["torch_dtype"]))
+        expected = adapter_tensor_names(trainer.model)  # before FSDP flattens them
+        save_checkpoint = trainer.save_model
+
+        def save_model(output_dir=None, _internal_call=False):  # the notebook's save: the gathered adapter
+            if _internal_call:  # the Trainer's own checkpoints stay FSDP's sharded ones
+                return save_checkpoint(output_dir, _internal_call=True)
+            save_fsdp_adapter(trainer, output_dir)
+            if rank() == 0:
+                check_saved_adapter(output_dir, expected)
+
+        trainer.save_model = save_model
+        print("FSDP-QLoRA is experimental here: its sharded checkpoints are not resumed (a rerun starts from step "
+              "0), and DDP is faster wherever the 4-bit model fits one GPU.")
+
+    return {"training_args": reentrant_checkpointing, "trainer": prepare_trainer}
 
 
 def prepare_fsdp_qlora(trainer, storage_dtype) -> int:
@@ -374,6 +472,37 @@ def check_replicas_agree(model) -> float:
                            "processes (gradients were not averaged). This is a bug: please report it.")
     print(f"DDP check: the {mine.numel():,} trained LoRA values are identical in all {dist.get_world_size()} processes")
     return worst
+
+
+def adapter_tensor_names(model) -> set[str]:
+    """The tensor names a PeftModel's adapter file must hold: its trainable LoRA parameters, named as PEFT saves them
+    (without the adapter name). Notebook 04 reads them before training, while no FSDP wrapper has flattened them."""
+    adapter = getattr(model, "active_adapter", "default")
+    return {name.replace(f".{adapter}.", ".") for name, param in model.named_parameters()
+            if param.requires_grad and "lora_" in name}
+
+
+def check_saved_adapter(adapter_dir: Path, expected: set[str]) -> int:
+    """Fail loudly if the adapter notebook 04 just saved lacks LoRA weights the model trained (notebook 04, rank 0).
+
+    A file can be written without any error and still miss tensors (under FSDP the gathered state dict can differ
+    from the model's): notebook 05 would then evaluate the untrained base model, with only a warning. `expected`:
+    `adapter_tensor_names(model)` taken before training. Returns the number of tensors saved.
+    """
+    from safetensors import safe_open
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (no __iter__)
+    missing, empty = sorted(expected - set(saved)), sorted(k for k, shape in saved.items() if 0 in shape)
+    if not expected or missing or empty:
+        raise RuntimeError(
+            f"The saved adapter {path.parent.name}/{path.name} is not the trained one: {len(saved)} tensors saved, "
+            f"{len(expected)} trainable LoRA tensors in the model; missing {len(missing)} (e.g. {missing[:2]}), "
+            f"empty {len(empty)} (e.g. {empty[:2]}); saved names e.g. {sorted(saved)[:2]}. Notebook 05 would "
+            "evaluate the base model. Fix: with distributed=fsdp, train with distributed=ddp instead (FSDP's adapter "
+            "saving is not verified on GPUs yet: docs/multi-gpu.md); otherwise please report it with this message.")
+    return len(saved)
 
 
 if __name__ == "__main__":

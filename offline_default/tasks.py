@@ -33,7 +33,7 @@ reverse nor echo letter sequences, so no preference tuning could make it succeed
 smaller", which leaked into `larger` after tuning; so was
 `subtract` with a up to 19: ORPO reached only ~53% on held-out prompts; and `parity` of 0-99,
 whose two-digit numbers BPE merges into single tokens, so parity became per-token memorisation.)
-Used by `helpers.offline_default` (data generation) and notebook 05 (`check_answer`).
+Used by `offline_default` (data generation) and notebook 05 (`check_answer`).
 """
 
 from __future__ import annotations

@@ -26,12 +26,12 @@ against TRL on a fixed batch); what changes is *how* it is computed:
    every new sequence length: ~3 ms of CPU per call, and with length-varying batches the GPU sat idle 40% of a step
    (profiled in benchmarks/orpo_speed.py). Forward, backward and checkpoint recompute run with flash / mem-efficient
    SDPA instead (`sdpa_backends`).
-6. **LoRA layers as one autograd node each** (`fuse_lora`; helpers.kernels.LoRALinear): base(x) + scaling * B(A(x))
+6. **LoRA layers as one autograd node each** (`fuse_lora`; engine.kernels.LoRALinear): base(x) + scaling * B(A(x))
    with the add inside the big matmul, instead of PEFT's clone, scale and add over [tokens, out_features] tensors and
    four autograd nodes; and the MLP's down projection recomputes silu(gate) * up in its backward instead of keeping
-   it (helpers.kernels.SiluMulLoRALinear: ~20% less memory per un-checkpointed layer, so fewer checkpointed layers).
+   it (engine.kernels.SiluMulLoRALinear: ~20% less memory per un-checkpointed layer, so fewer checkpointed layers).
 7. **Prefix sharing, no padding (`share_prompt = True`; on in the h100 profile: 1.30x on an H100).** Each pair
-   becomes ONE segment [prompt, chosen, rejected] of a single packed row (helpers.prefix_sharing): the prompt is
+   becomes ONE segment [prompt, chosen, rejected] of a single packed row (engine.prefix_sharing): the prompt is
    computed once instead of once per answer, and no pad token is computed at all. The rejected tokens attend to the
    prompt and to themselves only (never to the chosen answer), with position ids that continue from the prompt's end,
    and no pair sees another: FlashAttention's varlen kernel on the GPU (or a FlexAttention BlockMask), a dense mask
@@ -195,11 +195,11 @@ class FastORPOTrainer(ORPOTrainer):
         mega_batch_mult: mega-batch size, in training batches, for `train_sampling_strategy="group_by_length"`.
         sdpa_backends: SDPA backends allowed in training and evaluation steps (names of torch's SDPBackend);
             None = PyTorch's own choice.
-        fuse_lora: run LoRA layers as one autograd node each (helpers.kernels.fused_lora; off = PEFT's forward).
+        fuse_lora: run LoRA layers as one autograd node each (engine.kernels.fused_lora; off = PEFT's forward).
         share_prompt: pack each pair as one [prompt, chosen, rejected] segment of a padding-free row, the prompt
-            computed once (helpers.prefix_sharing). Same loss; the logged mean logits average real tokens only.
+            computed once (engine.prefix_sharing). Same loss; the logged mean logits average real tokens only.
         share_prompt_backend: "auto" (the varlen kernel on CUDA, else FlexAttention; a dense mask elsewhere),
-            or one of helpers.prefix_sharing.BACKENDS.
+            or one of engine.prefix_sharing.BACKENDS.
         pack_multiple: the packed row is padded to a multiple of this many tokens (FlexAttention's block: 128).
     """
 

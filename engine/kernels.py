@@ -1,5 +1,5 @@
 """Which kernels the GPU runs: attention backend, LoRA layers as one autograd node each, Liger's kernels
-(helpers.fast_orpo, helpers.scoring).
+(engine.fast_orpo, helpers.scoring).
 
 None changes the math (tests/test_kernels.py compares each with PEFT's and PyTorch's own path, forward and
 backward, in fp32 on a CPU, a 4-bit base included); each was found by profiling a Mistral-7B-shaped QLoRA step on an
