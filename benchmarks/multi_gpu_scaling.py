@@ -1,6 +1,6 @@
 """Multi-GPU scaling of notebook 04: tokens/s on N GPUs (DDP, `num_processes N`) against 1, in one run.
 
-What runs is the series itself: `python -m helpers.runner --profile h100 --only 01,02,03,04` on the Mistral-7B-shaped
+What runs is the series itself: `python -m runner --profile h100 --only 01,02,03,04` on the Mistral-7B-shaped
 random-weight model and the UltraFeedback-schema data that `gpu_series_check.py --build-only` builds (reused from
 --work when present), once per process count, with the same per-GPU micro-batch (16 pairs, the h100 profile's), so N
 GPUs train N x the pairs per step (weak scaling, the way DDP is used to go faster). In-training evaluation and
@@ -56,7 +56,7 @@ def run_series(work: Path, build: dict, processes: int, steps: int, profile: str
               "n_validation": 16, "n_eval": 16}
     if small:
         params.update(max_length=128)
-    cmd = [sys.executable, "-m", "helpers.runner", "--profile", profile, "--run-name", run_name, "--only",
+    cmd = [sys.executable, "-m", "runner", "--profile", profile, "--run-name", run_name, "--only",
            "01,02,03,04", "--overwrite"]
     for name, value in params.items():
         cmd += ["-p", name, str(value)]

@@ -90,7 +90,7 @@ def shared_instances(run: Path, seed: int) -> dict:
 
 
 def run_seed(seed: int, outputs: Path, parameters: list[list[str]]) -> dict | None:
-    from helpers import runner
+    import runner
     from offline_default import ensure_offline_default
 
     started = time.perf_counter()

@@ -23,6 +23,43 @@ LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy"
                  "fused_linear_cross_entropy": False}
 
 
+ASSUME_CC_ENV = "ORPO_ASSUME_COMPUTE_CAPABILITY"  # e.g. "7.5": rehearse the T4's kernel choices on a newer GPU
+
+
+def device_capability() -> tuple[int, int] | None:
+    """This GPU's compute capability, None without one. `ORPO_ASSUME_COMPUTE_CAPABILITY=7.5` lowers it (never
+    raises it), so the GPU check on an H100 runs the kernels a T4 would (helpers.environment does the same for
+    the dtype decisions)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    cc = tuple(torch.cuda.get_device_capability())
+    assumed = os.environ.get(ASSUME_CC_ENV)
+    if assumed and tuple(int(x) for x in assumed.split(".")) < cc:
+        cc = tuple(int(x) for x in assumed.split("."))
+    return cc
+
+
+def kernel_plan(cfg, capability: tuple[int, int] | None) -> dict:
+    """Which kernels the trainer (04), the scorer and the generations (05) use on a GPU of `capability`.
+
+    Below compute capability 8 (T4, V100) only kernels that ship compiled for the GPU run: PyTorch's SDPA on padded
+    rows, cuBLAS matmuls (the fused LoRA layers are plain torch ops), bitsandbytes. No Triton (FlexAttention and
+    Liger are Triton kernels tuned on newer GPUs, and can exceed a T4's 64 KB of shared memory: pytorch#133254) and
+    no FlashAttention varlen (no sm75 kernels): prefix sharing is off there, so each pair runs as two padded rows,
+    with the same loss. On a CPU (tests) prefix sharing runs on a dense mask. tests/test_kernel_plan.py pins the table.
+    """
+    modern = capability is not None and capability[0] >= 8
+    share = cfg.fast_orpo_trainer and cfg.share_prompt and (modern or capability is None)
+    liger = cfg.use_liger_kernel and modern
+    packed = "varlen (FlashAttention, packed rows)" if capability else "dense mask (packed rows)"
+    attention = packed if share else "sdpa (padded rows)"
+    return {"training": {"attention": attention, "share_prompt": share, "liger": liger},
+            "scoring": {"attention": attention, "share_prompt": share, "liger": liger},
+            "generation": {"attention": "sdpa", "liger": liger}}
+
+
 def fsdp_launched() -> bool:
     """True in a process that `accelerate launch` started with FSDP (configs/accelerate/fsdp_qlora.yaml)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
@@ -37,10 +74,14 @@ def speed_arguments(cfg, precision: dict) -> dict:
     * train_sampling_strategy "group_by_length" with the fast trainer: pairs of similar length share a batch, so
       less padding is computed.
     """
-    on_gpu = precision["device"] == "cuda"
-    use_liger = cfg.use_liger_kernel and on_gpu and importlib.util.find_spec("liger_kernel") is not None
+    capability = device_capability() if precision["device"] == "cuda" else None
+    use_liger = kernel_plan(cfg, capability)["training"]["liger"]
     if cfg.use_liger_kernel and not use_liger:
-        print("use_liger_kernel is on but liger-kernel is not installed (or no GPU): continuing without it. "
+        print("use_liger_kernel is on, but Liger's Triton kernels need a GPU of compute capability >= 8: "
+              "continuing without them.")
+    elif use_liger and importlib.util.find_spec("liger_kernel") is None:
+        use_liger = False
+        print("use_liger_kernel is on but liger-kernel is not installed: continuing without it. "
               "`pip install -r requirements-gpu.txt` adds it.")
     return {"accelerator_config": {"non_blocking": True},
             "use_liger_kernel": use_liger,
@@ -52,8 +93,9 @@ def fast_orpo_trainer(cfg):
     """Notebook 04's one-line swap: FastORPOTrainer with this run's settings, used exactly like TRL's ORPOTrainer.
 
     checkpoint_layers k >= 0: checkpoint only the first k layers at the longest batch (adaptive_checkpointing: fewer
-    at shorter batches); share_prompt: the prompt computed once for both answers. Under FSDP both stay off (FSDP
-    wraps and checkpoints every layer, and runs TRL's own loss path).
+    at shorter batches); share_prompt: the prompt computed once for both answers (GPUs of compute capability >= 8
+    only: `kernel_plan`). Under FSDP both stay off (FSDP wraps and checkpoints every layer, and runs TRL's own loss
+    path).
     """
     from .fast_orpo import FastORPOTrainer
 
@@ -61,7 +103,10 @@ def fast_orpo_trainer(cfg):
     if not fsdp_launched():
         if cfg.checkpoint_layers >= 0:
             settings.update(checkpoint_layers=cfg.checkpoint_layers, adaptive_checkpointing=cfg.adaptive_checkpointing)
-        settings["share_prompt"] = cfg.share_prompt
+        settings["share_prompt"] = kernel_plan(cfg, device_capability())["training"]["share_prompt"]
+        if cfg.share_prompt and not settings["share_prompt"]:
+            print("share_prompt is on, but prefix sharing needs FlashAttention's varlen kernel (compute capability "
+                  ">= 8): each pair runs as two padded rows instead, with the same loss.")
     return type("FastORPOTrainer", (FastORPOTrainer,), {**settings, "__module__": FastORPOTrainer.__module__})
 
 

@@ -3,7 +3,7 @@
 
 None changes the math (tests/test_kernels.py compares each with PEFT's and PyTorch's own path, forward and
 backward, in fp32 on a CPU, a 4-bit base included); each was found by profiling a Mistral-7B-shaped QLoRA step on an
-H100 (`benchmarks/orpo_speed.py --profile-steps 3`), and `benchmarks/README.md` says what each is worth.
+H100 (`benchmarks/orpo_speed.py --profile-steps 3`), and `docs/performance.md` says what each is worth.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class SiluMulLoRALinear(torch.autograd.Function):
     The MLP's product [tokens, 14,336 for Mistral] is the input `down` needs for its LoRA A gradient; kept, it is the
     largest single activation of a layer (~20% of one). The SwiGLU kernel keeps gate and up anyway, and the product
     costs one elementwise pass to recompute in the backward: this node keeps gate and up only. Measured on an H100
-    (benchmarks/README.md): an un-checkpointed layer 2.71 -> 2.18 GiB at the longest batch, the step 1.7% slower at the
+    (docs/performance.md): an un-checkpointed layer 2.71 -> 2.18 GiB at the longest batch, the step 1.7% slower at the
     same checkpointing; 20 checkpointed layers then fit where 22 did before."""
 
     @staticmethod
@@ -286,6 +286,12 @@ def apply_liger_kernels(model, **kernels: bool) -> str:
     Same math; the fused kernels round differently in bf16."""
     import importlib.util
 
+    from . import device_capability
+
+    capability = device_capability()
+    if capability is not None and capability[0] < 8:
+        return (f"use_liger_kernel is on, but Liger's Triton kernels need compute capability >= 8 (this GPU: "
+                f"{capability[0]}.{capability[1]}): scoring without them")
     if importlib.util.find_spec("liger_kernel") is None:
         return "use_liger_kernel is on but liger-kernel is not installed: scoring without it (requirements-gpu.txt)"
     from liger_kernel.transformers import _apply_liger_kernel_to_instance  # what transformers' Trainer calls

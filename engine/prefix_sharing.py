@@ -243,16 +243,19 @@ def varlen_available() -> bool:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    from . import device_capability
+
+    capability = device_capability()
+    return capability is not None and capability[0] >= 8
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto": FlashAttention's varlen kernel on a GPU that has it, else the dense mask with PyTorch's SDPA (a CPU,
+    or a T4/V100: no Triton kernel is picked there by default, see engine.kernel_plan); "flex" only when asked."""
     if backend not in BACKENDS:
         raise ValueError(f"prefix-sharing attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        if device.type != "cuda":
-            return "dense"
-        return "varlen" if varlen_available() else "flex"
+        return "varlen" if device.type == "cuda" and varlen_available() else "dense"
     return backend
 
 

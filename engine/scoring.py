@@ -79,6 +79,20 @@ def run_decoder(decoder, input_ids, attention_mask, drop_mask: bool = True) -> t
 # ----------------------------------------------------------------------------------------------- scoring
 
 
+def _can_share(model) -> bool:
+    """Prefix sharing runs on a CPU (dense mask) and on GPUs of compute capability >= 8 (varlen)."""
+    from . import device_capability
+
+    if next(model.parameters()).device.type != "cuda":
+        return True
+    capability = device_capability()
+    if capability is not None and capability[0] < 8:
+        print(f"share_prompt: off at compute capability {capability[0]}.{capability[1]} (no FlashAttention varlen "
+              "kernel): chosen and rejected are scored as padded rows, the same scores.")
+        return False
+    return True
+
+
 @contextmanager
 def _fast_session(model, tokenizer):
     """helpers.scoring.scoring_session, plus the model's decoder stack and lm_head (run separately here)."""
@@ -103,6 +117,8 @@ def fast_answer_logps(model, tokenizer, encoded: list, batch_size: int | None = 
     share_prompt: answers whose prompts tokenize identically are packed together, the prompt computed once (see the
     module docstring); rows are packed up to `max_batch_tokens` real tokens, no padding. Same scores.
     """
+    if share_prompt and not _can_share(model):
+        share_prompt = False  # a T4 / V100: two padded rows per pair instead, same scores (engine.kernel_plan)
     if share_prompt:
         return _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chunk, share_prompt_backend)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # longest first: OOM shows at once

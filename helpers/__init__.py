@@ -1,18 +1,16 @@
-"""Plumbing shared by the ORPO + QLoRA notebook series, one module per pipeline stage.
+"""The course package: what notebooks 01-05 share, one module per pipeline stage. The GPU speed code is in
+engine/, the tiny offline model and data in offline_default/, the papermill CLI (`python -m runner`) in runner/.
 
-environment  (01)     hardware probes, dtype / attention decision, manifest
-profiles     (all)    profiles and validated parameters
-rundir       (all)    the run directory notebooks talk through
-offline_default, tasks (02, 05)  the embedded tiny model + UltraFeedback-schema data, task checkers
-data         (02)     load, normalize, measure and filter preference pairs
-modeling     (03, 04) memory report, checkpoints, progress and throughput callbacks
-scoring      (05)     batched log-prob scoring and greedy generation (its log-prob core is shared with fast_orpo)
-fast_orpo    (04 GPU) FastORPOTrainer: TRL's ORPO loss without the full logits, length-grouped batches
-prefix_sharing (04, 05 GPU) one padding-free packed row per batch, each prompt computed once for all its answers
-kernels      (04, 05) attention backend choice and the fused LoRA update (GPU speed, same math)
-distributed  (04)     num_processes > 1: `accelerate launch` runs notebook 04's own cells in N processes (DDP/FSDP)
+colab        (all)     the first cell: quiet the libraries; on Colab, install the pinned requirements
+profiles     (all)     profiles and validated parameters
+rundir       (all)     the run directory notebooks talk through
+hub          (01-05)   Hugging Face Hub access with errors that say what to do
+environment  (01)      hardware probes, dtype / attention decision, manifest
+chat, data   (02)      chat template checks; load, normalize, measure and filter preference pairs
+qlora_math   (03, 04)  parameter and memory arithmetic from a model config
+modeling     (03-05)   device map, memory report, optimizer, checkpoints, progress and throughput callbacks
+scoring      (03, 05)  batched log-prob scoring and greedy generation
 plots, report (02, 04, 05)  figures and report.md
-runner       (CLI)    papermill 01 -> 05: `python -m helpers.runner`
 """
 
 __version__ = "0.1.0"

@@ -1,19 +1,16 @@
 """Chat templates: the one this series sets, and the checks that any model's template suits TRL (notebook 02).
 
-Mistral-7B-v0.1 is a *base* model: its tokenizer ships no chat template, so we set one explicitly (`CHAT_TEMPLATE`).
-It uses only plain text plus the tokenizer's existing BOS/EOS, so QLoRA never has to resize embeddings.
-A model that brings its own template (ChatML, Llama-3 style, Gemma style, ...) keeps it; `check_for_trl` then checks
-what ORPOTrainer actually needs from it, on the tokens TRL will build (`trl_tokens` mirrors trl 1.16's
-`ORPOTrainer.tokenize_row`, and tests/test_chat.py checks that it equals TRL's on several templates).
+Mistral-7B-v0.1 is a *base* model without a chat template, so we set `CHAT_TEMPLATE`: plain text plus the existing
+BOS/EOS, so QLoRA never resizes embeddings. A model with its own template keeps it, and `check_for_trl` checks it on
+the tokens TRL will build (`trl_tokens` mirrors trl 1.16's `ORPOTrainer.tokenize_row`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Written with explicit {{ '\n' }} pieces: Jinja chat templates run with trim_blocks, which eats a
-# literal newline that follows a {% ... %} tag. EOS comes right after the assistant's text (no
-# trailing newline), so TRL's "append EOS unless the last token is EOS" never doubles it.
+# Explicit {{ '\n' }} pieces: Jinja's trim_blocks eats a literal newline after a {% ... %} tag. EOS follows the
+# assistant's text directly, so TRL's "append EOS unless the last token is EOS" never doubles it.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -90,12 +87,9 @@ def prompt_and_answer_texts(tokenizer, prompt: list[dict], answer: list[dict]) -
 
 
 def trl_tokens(tokenizer, prompt_text: str, answer_text: str, full_ids=None, prompt_ids=None) -> tuple[list[int], int]:
-    """(token ids of prompt + answer, number of prompt tokens) exactly as trl 1.16's ORPOTrainer builds them.
-
-    Both texts are tokenized without special tokens; if the prompt's last token merges with the answer's first,
-    the boundary moves one token left; BOS is prepended unless the template already starts with it; EOS is appended
-    unless the answer already ends with it. Pass `full_ids` / `prompt_ids` when they were tokenized in a batch.
-    """
+    """(token ids of prompt + answer, number of prompt tokens) exactly as trl 1.16's ORPOTrainer builds them: no
+    special tokens, the boundary one token left if the prompt's last token merges with the answer, BOS and EOS added
+    unless already there. Pass `full_ids` / `prompt_ids` when they were tokenized in a batch."""
     if full_ids is None:
         full_ids = tokenizer(prompt_text + answer_text, add_special_tokens=False)["input_ids"]
     if prompt_ids is None:
@@ -112,14 +106,8 @@ def trl_tokens(tokenizer, prompt_text: str, answer_text: str, full_ids=None, pro
 
 def check_for_trl(tokenizer, example: dict, answer: str = "chosen") -> tuple[list[int], int]:
     """Check one pair the way ORPOTrainer will tokenize it; return (ids, prompt length) or raise ONE clear error.
-
-    What TRL needs, and nothing more (ChatML's BOS-like <|im_start|> at every turn, a BOS inside the template,
-    an end-of-turn token that is not the EOS are all fine):
-    * an EOS token (TRL appends it to every answer);
-    * prompt + answer does not start with two BOS tokens;
-    * the prompt's tokens are a prefix of prompt + answer (a merge of the last prompt token is tolerated, as TRL does);
-    * the answer tokens hold the answer's text (TRL then appends EOS unless the template's end of turn is the EOS).
-    """
+    What TRL needs, and nothing more: an EOS token; no double BOS; the prompt's tokens a prefix of prompt + answer
+    (but for a merged last token, as TRL allows); the answer's text in the answer tokens."""
     fix = ("Fix: set a template that fits (tokenizer.chat_template = helpers.chat.CHAT_TEMPLATE works for any "
            "tokenizer with BOS/EOS), or pick the model's chat/instruct variant.")
     if tokenizer.eos_token_id is None:

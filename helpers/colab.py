@@ -1,18 +1,9 @@
-"""Colab setup, called by every notebook's first cell after it has cloned the course repo (Colab only).
+"""Notebook setup, called by every notebook's first cell: `setup(None)` locally, `setup(clone)` on Colab.
 
-A notebook opened from a Colab badge arrives alone, without `helpers` or the pinned libraries. Its first cell
-clones the repo from its `REPO_URL` line and then calls `setup_colab(repo_dir)`, which installs
-`requirements-colab.txt` into the running kernel and makes the notebook behave as it does locally.
-
-`REPO_URL` below and the `REPO_URL = ...` line of each notebook's first cell are the only places the course's
-URL is written (the README's Colab badges are derived from it). They stay empty until the course has a public
-home that its maintainers own; a learner with a fork sets them in the fork. Never edit them by hand; run
-
-    python tools/set_repo_url.py https://github.com/<you>/<fork>
-
-which validates the URL and rewrites this file, the five notebooks and the README badges consistently
-(tests/test_colab.py checks that they agree).
-"""
+Locally it only quiets the libraries (plain-text output, no progress widgets). On Colab the first cell clones the
+repo from its `REPO_URL` line, and `setup_colab(clone)` installs `requirements-colab.txt` into the running kernel.
+`REPO_URL` is written only below and in each notebook's first cell, and set in all of them (and the README's badges)
+by `python tools/set_repo_url.py https://github.com/<you>/<fork>`, never by hand."""
 
 from __future__ import annotations
 
@@ -23,13 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The course's public GitHub URL, https://github.com/<owner>/<repo>. Empty = not set: the notebooks' first cell
-# then refuses to clone anything on Colab. Set it with `python tools/set_repo_url.py https://github.com/<you>/<fork>`.
+# The course's public GitHub URL, https://github.com/<owner>/<repo>; empty: the first cell refuses to clone on Colab.
 REPO_URL = ""
 
-# URLs that appeared in earlier versions of this course but belong to nobody we know: whoever registers them
-# would have every learner's Colab clone and install their code. tools/set_repo_url.py refuses them, and
-# tests/test_colab.py fails if one appears anywhere else in the repo as a clone or install source.
+# URLs nobody we know owns (whoever registered one would run code in every learner's Colab): never a clone source.
 PLACEHOLDER_URLS = (
     "https://github.com/orpo-qlora-course/orpo-qlora-mistral",
 )
@@ -37,8 +25,7 @@ PLACEHOLDER_URLS = (
 GITHUB_URL = re.compile(r"https://github\.com/[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 
 REQUIREMENTS = "requirements-colab.txt"
-# Never installed on Colab: Colab's own CUDA torch must stay (a reinstall is several GB and may not match its
-# driver), and the Jupyter/test stack of the running kernel must not change underneath it.
+# Never installed on Colab: its own CUDA torch and the running kernel's Jupyter/test stack stay as they are.
 NEVER_INSTALL = ("torch", "ipykernel", "jupyterlab", "jupyter", "notebook", "pytest", "nbval", "papermill")
 QUIET_ENV = ("TRL_EXPERIMENTAL_SILENCE",            # ORPO lives in trl.experimental: we know
              "HF_DATASETS_DISABLE_PROGRESS_BARS",   # plain-text output instead of progress widgets
@@ -71,14 +58,22 @@ def _installed_version(name: str) -> str | None:
         return None
 
 
+def setup(clone: str | Path | None) -> None:
+    """The first cell's call. None (not on Colab): nothing is installed; the libraries are quieted. A folder (Colab,
+    the course's fresh clone): `setup_colab(clone)` installs the pins and moves into its notebooks/ first."""
+    import warnings
+
+    if clone is not None:
+        setup_colab(clone)
+    for name in QUIET_ENV:
+        os.environ[name] = "1"
+    warnings.filterwarnings("ignore", message="IProgress not found")  # no ipywidgets: plain-text progress is fine
+
+
 def setup_colab(repo_dir: str | Path) -> None:
     """Install the Colab requirements, cd into notebooks/, make `helpers` importable, quiet the libraries.
-
-    The install runs `python -m pip` with check=True, so a failed install stops the notebook here (a `!pip` line
-    would only print the error and let the next cell fail obscurely). torch is pinned to the version Colab already
-    has (a constraints file), so no dependency can replace it. Nothing is restarted: if a library this installs
-    was already imported in this kernel, you are told to restart the session yourself.
-    """
+    A failed install stops the notebook here; torch stays at Colab's version. Nothing is restarted: if an installed
+    library was already imported, you are told to restart the session yourself."""
     repo = Path(repo_dir).resolve()
     requirements = repo / REQUIREMENTS
     forbidden = sorted(set(requirement_names(requirements)) & set(NEVER_INSTALL))

@@ -4,8 +4,7 @@ One format leaves this module: TRL's *conversational, explicit prompt* format,
     prompt   = [{"role": "system"?...}, {"role": "user", "content": ...}]
     chosen   = [{"role": "assistant", "content": ...}]
     rejected = [{"role": "assistant", "content": ...}]
-so ORPOTrainer applies the chat template exactly once (applying it yourself AND letting TRL do it doubles it).
-"""
+so ORPOTrainer applies the chat template exactly once (applying it yourself AND letting TRL do it doubles it)."""
 
 from __future__ import annotations
 
@@ -52,13 +51,10 @@ def load_preference_split(dataset_id: str, split: str, *, seed: int = 0):
 
 
 def load_preference_sources(dataset_id: str, train_split: str, eval_split: str, *, seed: int = 0):
-    """The training source and, if there is one, a separate test source (notebook 02).
+    """(train, test or None, a sentence saying where each came from) for notebook 02.
 
-    Returns (train, test or None, a sentence saying where each came from). The test source is `eval_split` when
-    the dataset has that split (UltraFeedback: `test_prefs`), or `eval_split` as the path of a second file.
-    A single file, a one-split dataset, or a Hub dataset without that split has no test source: notebook 02 then
-    carves a held-out set from the training source, by prompt (`carve_by_prompt`), so no prompt is in both.
-    """
+    The test source is the split `eval_split` (UltraFeedback: `test_prefs`), or the second file it names. Without
+    one, notebook 02 carves a held-out set from train by prompt (`carve_by_prompt`), so no prompt is in both."""
     import datasets
 
     eval_path = Path(eval_split).expanduser() if eval_split else None
@@ -104,13 +100,9 @@ def _split_names(dataset_id: str, seed: int) -> list[str] | None:
 
 
 def split_key(prompt: list[dict]) -> str:
-    """What "the same prompt" means for keeping train, validation and test apart.
-
-    For a checkable task of the offline default it is the task *instance* (`tasks.instance_key`: family +
-    operands), so "Sort ascending: 3 1 2" and "Arrange from smallest to largest: 3 1 2" count as one prompt, and
-    so do "Which is larger, 7 or 3?" and "Pick the larger number: 3 or 7."; otherwise the prompt's text (every
-    turn, whitespace normalized).
-    """
+    """What "the same prompt" means for keeping train, validation and test apart (notebook 02): the task *instance*
+    for a checkable task of the offline default ("Sort ascending: 3 1 2" and "Arrange from smallest to largest:
+    3 1 2" are one prompt), else the text of every turn, whitespace normalized."""
     last = prompt[-1]["content"] if prompt else ""
     key = instance_key(last) if isinstance(last, str) else None
     if key:
@@ -120,11 +112,10 @@ def split_key(prompt: list[dict]) -> str:
 
 def carve_by_prompt(dataset, *, seed: int, share: float | None = None, n_pairs: int | None = None,
                     what: str = "held-out"):
-    """Split `dataset` into (rest, carved) with no prompt (`split_key`) in both; deterministic from `seed`.
+    """Split `dataset` into (rest, carved) with no prompt (`split_key`) in both; deterministic from `seed` (02).
 
-    `share` carves that fraction of the distinct prompts; `n_pairs` carves whole prompts until at least that many
-    pairs (or, if the data is small, at most half of its prompts).
-    """
+    `share`: that fraction of the distinct prompts; `n_pairs`: whole prompts until at least that many pairs (at most
+    half of the prompts)."""
     keys = [split_key(p) for p in dataset["prompt"]]
     distinct = sorted(set(keys))
     if len(distinct) < 2:
@@ -216,11 +207,8 @@ def _as_messages(value, role: str, where: str) -> list[dict]:
 
 
 def to_explicit_prompt(example: dict, idx: int = 0, *, source: str = "data") -> dict:
-    """One row -> TRL's explicit-prompt conversational format (accepts UltraFeedback and plain strings).
-
-    UltraFeedback stores `chosen`/`rejected` as whole conversations ending in the assistant's answer; the
-    prompt messages are everything before that last turn (so a system turn, if any, is kept).
-    """
+    """One row -> TRL's explicit-prompt conversational format. UltraFeedback's `chosen`/`rejected` are whole
+    conversations: the prompt is everything before the last (assistant) turn; plain strings work too."""
     for column in ("chosen", "rejected"):
         if column not in example:
             raise DataError(f"{source}, row {idx}: missing column {column!r}. Fix: provide prompt/chosen/rejected.")
@@ -243,12 +231,10 @@ MAX_BAD_SHARE = 0.5  # above this, the data is more likely in the wrong format t
 
 
 def normalize_pairs(dataset, source: str):
-    """Validate every row and convert it to the explicit-prompt format (notebook 02).
+    """Validate every row and convert it to the explicit-prompt format (notebook 02); returns (dataset, report).
 
-    Missing columns stop here with one error. Bad *rows* (wrong types or roles, empty answers, chosen ==
-    rejected) are dropped and counted - unless they are the majority, which means a format problem: then
-    one error that names the first bad rows. Returns (clean dataset, report of what was dropped).
-    """
+    Missing columns raise. Bad *rows* (wrong types or roles, empty answers, chosen == rejected) are dropped and
+    counted, unless they are the majority (a format problem): then one error names the first bad rows."""
     from collections import Counter
 
     from datasets import Dataset
@@ -311,11 +297,8 @@ def mark_prompt_and_answer(example: dict, tokenizer, answer: str = "chosen") -> 
 
 
 def drop_overlong(dataset, max_length: int):
-    """Split a dataset with length columns into (kept, dropped) at `max_length` (prompt + longer answer).
-
-    We drop rather than truncate: TRL 1.x never truncates prompts and can cut an answer to zero tokens,
-    whose mean log-prob is 0/0 = NaN.
-    """
+    """Split a dataset with length columns into (kept, dropped) at `max_length` (prompt + longer answer), notebook 02.
+    Dropped, not truncated: TRL can cut an answer to zero tokens, whose mean log-prob is 0/0 = NaN."""
     kept = dataset.filter(lambda row: row["pair_tokens"] <= max_length)
     dropped = dataset.filter(lambda row: row["pair_tokens"] > max_length)
     return kept, dropped

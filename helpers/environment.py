@@ -1,7 +1,5 @@
 """Hardware probes and the dtype / attention decisions (notebook 01; its manifest is read by 03 and 04).
-
-The decision logic is a pure function of what the probes found, so tests can fake any GPU.
-"""
+The decision is a pure function of what the probes found, so tests can fake any GPU."""
 
 from __future__ import annotations
 
@@ -53,12 +51,9 @@ ASSUME_CC_ENV = "ORPO_ASSUME_COMPUTE_CAPABILITY"  # e.g. "7.5": rehearse the T4 
 
 
 def probe_hardware() -> Hardware:
-    """Look at the real machine. Only notebook 01 and the runner call this; everything else reads the manifest.
-
-    `ORPO_ASSUME_COMPUTE_CAPABILITY=7.5` (an environment variable, for the GPU end-to-end check) makes a newer GPU
-    report an older compute capability, so the T4 path (fp16, sdpa) can be rehearsed on an H100; the device name
-    says so. It can only lower the capability, never claim features the GPU lacks.
-    """
+    """Look at the real machine (notebook 01 and the runner; everything else reads the manifest).
+    `ORPO_ASSUME_COMPUTE_CAPABILITY=7.5` makes a newer GPU report that lower capability (never a higher one), so the
+    T4 path (fp16, sdpa) can be rehearsed on an H100; the device name says so."""
     import os
 
     import torch
@@ -78,10 +73,7 @@ def probe_hardware() -> Hardware:
 
 def decide_precision(hw: Hardware) -> Precision:
     """bf16 only on compute capability >= 8, FlashAttention-2 only where it is importable AND cc >= 8.
-
-    We do not ask `torch.cuda.is_bf16_supported()`: on a T4 (cc 7.5) it can answer True because bf16 is
-    *emulated*, which is many times slower than fp16 there.
-    """
+    Not `torch.cuda.is_bf16_supported()`: a T4 (cc 7.5) can answer True and then *emulates* bf16, many times slower."""
     cc = hw.compute_capability
     if cc is None:
         return Precision(
@@ -108,8 +100,3 @@ def environment_manifest(hw: Hardware, precision: Precision) -> dict:
     """The content of environment.json (notebook 01 writes it; 03 and 04 load their dtypes from it)."""
     return {"versions": library_versions(), "platform": platform.platform(), "python_executable_name":
             sys.executable.rsplit("/", 1)[-1], "hardware": asdict(hw), "precision": asdict(precision)}
-
-
-def in_colab() -> bool:
-    """True inside Google Colab (the notebooks' first cell installs requirements only there)."""
-    return "google.colab" in sys.modules or importlib.util.find_spec("google.colab") is not None

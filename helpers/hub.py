@@ -1,18 +1,15 @@
 """Hugging Face Hub access with errors that say what to do (notebook 01 checks early; 02-05 wrap loads).
 
-The token is never a parameter: huggingface_hub reads it from the environment (HF_TOKEN) or from
-`huggingface-cli login`, so it never lands in params.json, a notebook or a log.
-"""
+The token is never a parameter: huggingface_hub reads HF_TOKEN or `huggingface-cli login`, so it never lands in
+params.json, a notebook or a log."""
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
 from offline_default import OFFLINE_DATASET_ID, OFFLINE_MODEL_ID
 
-TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{20,}")
 FIX = ("Fix: check the id and your network; for a gated model accept its license on huggingface.co and run "
        "`huggingface-cli login` (or set HF_TOKEN in the environment); without the Hub use the offline default "
        f"(profile tiny: {OFFLINE_MODEL_ID} / {OFFLINE_DATASET_ID}) or a local folder.")

@@ -14,31 +14,23 @@ from transformers import TrainerCallback
 
 
 def device_map_for(precision: dict) -> dict | None:
-    """`from_pretrained(device_map=...)` for QLoRA (notebooks 03-05): the WHOLE 4-bit model on this process's GPU,
-    {"": 0} when alone. Never "auto", which would spread it over every visible GPU (slow, and not how 4-bit training
-    works). None on a CPU, and under FSDP (several GPUs, docs/multi-gpu.md), which places the shards itself."""
+    """`from_pretrained(device_map=...)` (notebooks 03-05): the whole 4-bit model on this process's GPU ({"": 0} when
+    alone), never "auto" (spread over every GPU); None on a CPU and under FSDP, which places the shards itself."""
     if precision["device"] != "cuda" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return None
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
 def auto_optimizer(device: str) -> str:
-    """Notebook 04's `optim="auto"`: bitsandbytes' paged 8-bit AdamW on one GPU (8-bit states, paged to CPU under
-    memory spikes; CUDA only). torch's AdamW on a CPU, and with several processes: paged states failed to resume
-    after a kill on 2 H100s (bitsandbytes#1708) and fail FSDP's checkpoint saving (PEFT's FSDP guide). Its fp32
-    states cost 8 bytes x 42M LoRA weights = 0.3 GiB on a 7B model."""
+    """Notebook 04's `optim="auto"`: bitsandbytes' paged 8-bit AdamW on one GPU; torch's AdamW on a CPU and with
+    several processes, where paged states break resuming and FSDP's checkpoints (docs/design-decisions.md)."""
     several = int(os.environ.get("WORLD_SIZE", 1)) > 1
     return "adamw_torch" if device == "cpu" or several else "paged_adamw_8bit"
 
 
 def use_one_gpu(training_args) -> None:
-    """Notebook 04: one process trains on ONE GPU, even on a machine with several (Kaggle's 2 x T4, say).
-
-    Otherwise the Trainer sees n_gpu > 1, multiplies the micro-batch by the number of GPUs and wraps the model in
-    torch's DataParallel, which cannot replicate a 4-bit model (measured on 2 H100s: 2 x 16 pairs per step on GPU 0,
-    55 GiB instead of 30). Several GPUs are `num_processes`' job. The Trainer does the same (`args._n_gpu = 1`) for a
-    model spread over GPUs; it must happen after the devices are set up (which would overwrite it).
-    """
+    """Notebook 04: one process trains on ONE GPU, even on a machine with several (several GPUs are `num_processes`'
+    job). Otherwise the Trainer wraps the model in DataParallel, which cannot replicate a 4-bit model."""
     _ = training_args.device  # sets up devices (and n_gpu) now, so nothing resets what follows
     if int(os.environ.get("WORLD_SIZE", 1)) == 1 and training_args.n_gpu > 1:
         training_args._n_gpu = 1
@@ -67,11 +59,8 @@ CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors")
 
 
 def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
-    """The newest `checkpoint-N` folder that is complete (notebook 04 resumes from it).
-
-    A process killed while saving leaves a folder without its trainer state or adapter weights, or with a
-    state file that is not valid JSON: such a folder is skipped with a message instead of crashing the resume.
-    """
+    """The newest complete `checkpoint-N` folder (notebook 04 resumes from it); one left half-written by a kill
+    during a save (no trainer state or adapter, or invalid JSON) is skipped with a message."""
     folders = sorted(Path(checkpoints_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]),
                      reverse=True) if Path(checkpoints_dir).exists() else []
     for folder in folders:
@@ -102,13 +91,9 @@ class PlainProgress(TrainerCallback):
 
 
 class Throughput(TrainerCallback):
-    """Training tokens/s (real tokens of prompt+chosen and prompt+rejected) and peak GPU memory.
-
-    `tokens_per_second_approx` counts the whole training call (start-up, evaluations and saves included);
-    `steady_tokens_per_second` only the steps after the first `warmup` (kernels picked, memory pools grown), which is
-    what benchmarks compare. Pairs per optimizer step are read from the trainer itself when training starts
-    (micro-batch x accumulation x processes), so the count is what ran, not what was meant to run.
-    """
+    """Notebook 04: training tokens/s (real tokens of prompt+chosen and prompt+rejected) and peak GPU memory.
+    `tokens_per_second_approx` counts the whole training call; `steady_tokens_per_second` only the steps after the
+    first `warmup`. Pairs per step are read from the trainer when training starts, so they are what ran."""
 
     def __init__(self, tokens_per_pair: float, warmup: int = 5):
         self.tokens_per_pair, self.warmup = tokens_per_pair, warmup

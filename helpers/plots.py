@@ -1,8 +1,7 @@
 """Figures for notebooks 02, 04 and 05, and sentences that read the run's own numbers after each figure.
 
-Each figure function saves a PNG (when given a path) and returns the open Figure (nothing is closed, so the
-notebook still displays it). Each describe_* function returns a short plain-English paragraph to print under the
-figure: it states only what the numbers passed in show.
+Each figure function saves a PNG (given a path) and returns the open Figure, for the notebook to display. Each
+describe_* function returns a plain-English paragraph for under the figure, stating only what its numbers show.
 
 ORPO's logged metrics (TRL 1.16, `trl.experimental.orpo`; `eval_` + the same names for evaluation):
   loss                  nll_loss - beta x log_odds_ratio (the total ORPO loss)
@@ -25,7 +24,6 @@ import numpy as np
 from matplotlib.ticker import PercentFormatter
 
 OR_TERM_LABEL = "β·(−mean log σ(log-odds))"  # the odds-ratio term the ORPO loss adds (positive)
-LOG_ODDS_RATIO_LABEL = "mean log σ(log-odds)"  # what TRL logs as `log_odds_ratio` (negative)
 TITLE_PT, LABEL_PT, TICK_PT, LEGEND_PT = 10, 10, 9, 9
 BLUE, ORANGE, GREEN, RED, GREY = "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8c8c8c"
 _FULL = 1 - 1e-6  # an accuracy logged as 0.99999994 is 1.0 in float32
@@ -37,8 +35,6 @@ def read_log_history(path: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- small helpers
-
-
 def _finite(value) -> bool:
     try:
         return math.isfinite(float(value))
@@ -48,8 +44,7 @@ def _finite(value) -> bool:
 
 def _finite_array(values) -> np.ndarray:
     """Any iterable (list, numpy array, a `datasets` Column) -> float array without NaN / inf."""
-    array = np.asarray([float(v) for v in values if _finite(v)], dtype=float)
-    return array
+    return np.asarray([float(v) for v in values if _finite(v)], dtype=float)
 
 
 def _step(step) -> str:
@@ -88,16 +83,13 @@ def _with_or_term(history: list[dict], beta: float) -> list[dict]:
 
 def _series(history: list[dict], key: str) -> tuple[list, list]:
     """(steps, values) of every record holding a finite `key` and a step."""
-    points = [(r["step"], float(r[key])) for r in history if "step" in r and _finite(r.get(key))]
+    points = [(r["step"], float(r[key])) for r in _records_with(history, key)]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _train_records(records: list[dict]) -> list[dict]:
-    return [r for r in records if "step" in r and _finite(r.get("loss"))]
-
-
-def _eval_records(records: list[dict]) -> list[dict]:
-    return [r for r in records if "step" in r and _finite(r.get("eval_loss"))]
+def _records_with(records: list[dict], key: str) -> list[dict]:
+    """The records with a step and a finite `key`: "loss" picks train records, "eval_loss" eval records."""
+    return [r for r in records if "step" in r and _finite(r.get(key))]
 
 
 def _first_full_accuracy(train: list[dict]):
@@ -132,8 +124,6 @@ def _edges_around(values: np.ndarray, boundary: float, bins: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- notebook 02
-
-
 def length_histogram(pair_tokens, max_length: int, path: Path | None = None, *, bins: int = 40,
                      figsize: tuple[float, float] = (8.0, 3.6)):
     """Notebook 02: tokens per pair (prompt + longer answer); the pairs over max_length (dropped) in red."""
@@ -176,12 +166,8 @@ def describe_lengths(pair_tokens, max_length: int) -> str:
 
 
 # ---------------------------------------------------------------- notebooks 04 and 05
-
-
 def _plot_keys(ax, records: list[dict], keys: list[tuple[str, str, str, str]]) -> list[float]:
-    """For each (key, train label, eval label, colour): the train line and the `eval_` + key dots, same colour.
-
-    Returns every value plotted."""
+    """Per (key, train label, eval label, colour): the train line and the `eval_` + key dots; returns the values."""
     plotted = []
     for key, train_label, eval_label, color in keys:
         for prefix, label, style in (("", train_label, dict(linewidth=1.6)),
@@ -199,13 +185,10 @@ def _plot_keys(ax, records: list[dict], keys: list[tuple[str, str, str, str]]) -
 
 def training_curves(history: list[dict], beta: float, path: Path | None = None, *,
                     figsize: tuple[float, float] = (10.5, 6.6)):
-    """Notebooks 04 and 05: six ORPO views in a 2x3 grid, train (lines) and eval (dots).
-
-    Top: total loss, its NLL term, its odds-ratio term on its own log-scaled axis (about 100x smaller than the NLL,
-    it would be a flat line on a shared axis). Bottom: rewards, reward margin, reward accuracy.
-    """
+    """Notebooks 04 and 05: six ORPO views in a 2x3 grid, train (lines) and eval (dots). Top: total loss, NLL term,
+    odds-ratio term (~100x smaller: its own log axis). Bottom: rewards, reward margin, reward accuracy."""
     records = _with_or_term(history, beta)
-    train = _train_records(records)
+    train = _records_with(records, "loss")
     fig, axes = plt.subplots(2, 3, figsize=figsize)
     ax_loss, ax_nll, ax_or, ax_rewards, ax_margin, ax_acc = axes.flat
 
@@ -242,13 +225,10 @@ def training_curves(history: list[dict], beta: float, path: Path | None = None, 
 
 
 def describe_training(history: list[dict], beta: float, *, overfit_tolerance: float = 0.01) -> str:
-    """Notebooks 04 and 05, after training_curves: what this run's loss, accuracy and eval numbers say.
-
-    Eval loss counts as having risen when its last value is more than `overfit_tolerance` (relative) above its
-    lowest value.
-    """
+    """Notebooks 04 and 05, after training_curves: what this run's loss, accuracy and eval numbers say. Eval loss
+    has risen when its last value is more than `overfit_tolerance` (relative) above its lowest."""
     records = _with_or_term(history, beta)
-    train, evals = _train_records(records), _eval_records(records)
+    train, evals = _records_with(records, "loss"), _records_with(records, "eval_loss")
     sentences = []
     if not train:
         sentences.append("This log history has no train-loss records.")
@@ -331,8 +311,6 @@ def _eval_sentences(train: list[dict], evals: list[dict], tolerance: float) -> l
 
 
 # ---------------------------------------------------------------- notebook 05
-
-
 def margin_histogram(base_margins, tuned_margins, path: Path | None = None, *, bins: int = 40,
                      figsize: tuple[float, float] = (8.0, 3.8)):
     """Notebook 05: per-pair reward margins of the base and the tuned model on held-out pairs, on shared bins."""

@@ -1,8 +1,7 @@
 """Profiles and parameters: one `profile` picks sensible defaults, every other parameter can override them.
 
-Used by every notebook (through `helpers.rundir.open_run`) and by the runner, which validates parameters
-*before* anything expensive starts, so a typo costs a second, not a model download.
-"""
+Used by every notebook (through `rundir.open_run`) and the runner, which validates parameters before anything
+expensive starts, so a typo costs a second, not a model download."""
 
 from __future__ import annotations
 
@@ -33,9 +32,8 @@ class RunConfig:
     model_id: str = OFFLINE_MODEL_ID            # Hub id, local folder, or the offline default
     dataset_id: str = OFFLINE_DATASET_ID        # Hub id, local file/folder, or the offline default
     train_split: str = "train_prefs"
-    eval_split: str = "test_prefs"              # the test source: a split name, or a second file; "" (or a split
-                                                # the data lacks, e.g. a single file) = carve it from train_split
-    test_share: float = 0.1                     # share of prompts carved out as the test set when there is no test source
+    eval_split: str = "test_prefs"              # split name or second file; "" or a missing split: carve from train
+    test_share: float = 0.1                     # share of prompts carved out as the test set if there is no test source
     n_train: int = 1000                         # pairs kept for training after length filtering
     n_validation: int = 100                     # pairs carved from train (by prompt) for the in-training eval in 04
     n_eval: int = 150                           # held-out test pairs: notebook 05's before/after
@@ -54,23 +52,16 @@ class RunConfig:
     max_steps: int = 800                        # -1 = run num_train_epochs
     warmup_ratio: float = 0.05
     lr_scheduler_type: str = "linear"
-    optim: str = "auto"                         # auto: paged 8-bit AdamW on one GPU, torch AdamW on a CPU or with
-                                                # several processes; or one of OPTIMIZERS (h100: fused torch AdamW)
+    optim: str = "auto"                         # auto (paged 8-bit AdamW on 1 GPU, else torch's) or one of OPTIMIZERS
     gradient_checkpointing: bool = False
     # ---- GPU speed (notebook 04; measured in benchmarks/orpo_speed.py) -------------------------------------
     fast_orpo_trainer: bool = False             # engine.fast_orpo.FastORPOTrainer: same loss, chunked logits
     checkpoint_layers: int = -1                 # with the fast trainer: checkpoint only the first k layers; -1 = all
-    adaptive_checkpointing: bool = True         # with checkpoint_layers: k is for the longest batch; a shorter one
-                                                # checkpoints fewer layers, in at most that activation memory
-                                                # (one process; several keep k)
+    adaptive_checkpointing: bool = True         # k is for the longest batch; shorter ones checkpoint fewer (1 process)
     use_liger_kernel: bool = False              # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (GPU, if installed)
-    share_prompt: bool = False                  # with the fast trainer: each pair as ONE padding-free segment
-                                                # [prompt, chosen, rejected], the prompt computed once (train and
-                                                # 05's scoring); same loss. Off until run through 01-05 on a GPU
-    num_processes: int = 1                      # > 1: DDP over that many processes (accelerate launch); "auto" =
-                                                # every visible GPU. 1 trains in the notebook's own kernel
-    distributed: str = "ddp"                    # with num_processes > 1: "ddp" (a 4-bit copy per GPU) or "fsdp"
-                                                # (FSDP-QLoRA: the model is sharded; for models one GPU can't hold)
+    share_prompt: bool = False                  # with the fast trainer: each prompt computed once for both answers
+    num_processes: int = 1                      # > 1: that many processes (accelerate launch); "auto": every GPU
+    distributed: str = "ddp"                    # num_processes > 1: "ddp" (4-bit copy per GPU) or "fsdp" (sharded)
     eval_steps: int = 100
     logging_steps: int = 20
     save_steps: int = 100
@@ -91,18 +82,8 @@ _GPU_COMMON = dict(
     save_steps=100, eval_batch_size=8, max_new_tokens=128, n_generation_examples=4, gradient_checkpointing=True,
     fast_orpo_trainer=True, n_validation=200,
 )
-# Batch sizes and checkpointing as measured on an H100 (benchmarks/README.md). With the fast trainer, 16-pair
-# micro-batches beat 8 (more work per kernel launch: at 8 the step was CPU-bound). h100 shares each prompt between its
-# two answers (share_prompt: ~32% fewer tokens computed, no padding), and its LoRA layers keep less for the backward
-# (engine.kernels: the MLP's product is recomputed, not kept): an un-checkpointed layer costs ~2.2 GiB at the
-# longest batch, so 22 of 32 layers are checkpointed at the longest batch the data can form and fewer at shorter ones
-# (adaptive_checkpointing): 39.3-39.8 GiB peak on the benchmark's UltraFeedback-like lengths (21 peaked at 42.8, over
-# the 40 GiB budget; benchmarks/results/h100_adaptive_ckpt22.json). The budget scales with the data's longest
-# possible batch: longer pairs need measuring (notebook 04 prints the peak). Several processes checkpoint 22 always.
-# h100 steps its optimizer with torch's fused AdamW: one kernel for all 448 LoRA tensors, where bitsandbytes' paged
-# 8-bit AdamW updates them one by one and waits for the GPU after each (5% slower, measured); its fp32 states cost
-# 0.3 GiB, nothing on an 80 GB card. t4 ~8 GiB (16 GB card).
-# a100: 16 pairs with full checkpointing (19 GiB fits a 40 GB card); not measured on an A100.
+# Batch sizes, checkpointing and optimizer per GPU: how h100's were measured is in engine/README.md ("How the h100
+# profile was sized"); t4 needs ~8 GiB of a 16 GB card, a100 (not measured) ~19 GiB with full checkpointing.
 PROFILES: dict[str, dict] = {
     "tiny": {},
     "t4": {**_GPU_COMMON, "n_train": 1000, "n_eval": 200,
@@ -114,33 +95,6 @@ PROFILES: dict[str, dict] = {
              "optim": "adamw_torch_fused"},
 }
 GPU_PROFILES = ("t4", "a100", "h100")
-
-# Every profile field is one of two kinds. TRAINER_PATH fields choose *which code runs* in notebook 04 (trainer
-# class, sampler, checkpointing, batch layout, schedule); HARDWARE_SIZED fields only size the run to the machine.
-# tests/test_gpu_paths_on_cpu.py runs every GPU profile's TRAINER_PATH settings end to end on a CPU
-# (`cpu_rehearsal`), and tests/test_profiles.py fails if a profile sets a field that is in neither tuple: a new
-# GPU-only setting cannot escape CI.
-TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layers", "adaptive_checkpointing",
-                "use_liger_kernel", "share_prompt",
-                "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio",
-                "eval_batch_size", "optim")
-HARDWARE_SIZED = ("num_processes", "distributed", "model_id", "dataset_id", "n_train", "n_validation", "n_eval",
-                  "max_length", "learning_rate", "max_steps", "eval_steps", "logging_steps", "save_steps", "max_new_tokens", "n_generation_examples")
-
-
-def cpu_rehearsal(profile: str, *, max_steps: int = 12, every: int = 4, decoder_layers: int = 2) -> dict:
-    """Overrides that run `profile`'s training code path on the tiny offline default on a CPU (tests, CI).
-
-    Trainer-path settings come from the profile unchanged, except `checkpoint_layers`, which is capped below the
-    tiny model's `decoder_layers` so that *selective* checkpointing (some layers, not all) really runs. Only CUDA
-    kernels are left out (Liger, flash attention, paged 8-bit AdamW): notebook 04 falls back to their CPU forms.
-    Evaluation, checkpoint saves and logging happen every `every` steps, so a short run evaluates several times.
-    """
-    settings = {name: value for name, value in PROFILES[profile].items() if name in TRAINER_PATH}
-    if settings.get("checkpoint_layers", -1) >= decoder_layers:
-        settings["checkpoint_layers"] = decoder_layers - 1
-    return {**settings, "max_steps": max_steps, "eval_steps": every, "save_steps": every, "logging_steps": every,
-            "n_train": 200, "n_validation": 32, "n_eval": 60}
 
 
 def choose_profile(compute_capability: tuple[int, int] | None) -> tuple[str, str]:
@@ -155,9 +109,9 @@ def choose_profile(compute_capability: tuple[int, int] | None) -> tuple[str, str
     return "t4", f"compute capability {major}.{minor} (pre-Ampere, e.g. T4): no real bf16, so fp16 and small batches"
 
 
-_POSITIVE = ("n_train", "n_validation", "n_eval", "lora_r", "lora_alpha", "learning_rate", "beta", "per_device_train_batch_size",
-             "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_steps", "eval_batch_size",
-             "max_new_tokens")
+_POSITIVE = ("n_train", "n_validation", "n_eval", "lora_r", "lora_alpha", "learning_rate", "beta",
+             "per_device_train_batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps",
+             "save_steps", "eval_batch_size", "max_new_tokens")
 _MIN_MAX_LENGTH = 16  # below this no prompt + answer fits, not even the offline default's
 
 
@@ -168,13 +122,8 @@ _TRUE, _FALSE = ("true",), ("false",)  # any case; "yes"/"1" stay errors: too ea
 
 
 def _from_text(value: str, expected: type):
-    """A value typed as text (`-p learning_rate 1e-3`, YAML's `1e-3`, `True` or `true`) read as `expected`.
-
-    papermill's own `-p` turns `1e-3` into a float, but YAML 1.1 (PyYAML, our `-f` files) reads `1e-3` and
-    `2e-4` as *strings*: they need a dot (`1.0e-3`). Both spellings must mean the same run, so text is converted
-    here with float()/int() the way papermill does. Anything that does not convert is returned unchanged and
-    rejected below with the parameter's name.
-    """
+    """A value typed as text (`-p learning_rate 1e-3`, YAML's `1e-3`, `true`) read as `expected`, as papermill would.
+    Text that does not convert is returned unchanged, and `_check_type` rejects it with the parameter's name."""
     text = value.strip()
     try:
         if expected is float:
@@ -207,10 +156,8 @@ def _check_type(name: str, value, expected: type):
 
 def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_gpu: bool | None = None,
                    compute_capability: tuple[int, int] | None = None) -> RunConfig:
-    """Profile defaults + overrides (None values mean "use the default"), validated. Raises ParameterError.
-
-    `has_gpu` is checked only when given (the runner and notebook 01 pass what they found).
-    """
+    """Profile defaults + overrides (None means "use the default"), validated; raises ParameterError. `has_gpu` is
+    checked only when given (the runner and notebook 01 pass what they found)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if profile == "auto":
         profile, why = choose_profile(compute_capability)
@@ -236,7 +183,8 @@ def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_
             values[name] = "auto"  # the one parameter that takes a word or a number: resolved by notebook 04
             continue
         try:
-            values[name] = _check_type(name, value, {"str": str, "int": int, "float": float, "bool": bool}[types[name]])
+            expected = {"str": str, "int": int, "float": float, "bool": bool}[types[name]]
+            values[name] = _check_type(name, value, expected)
         except ParameterError:
             if name != "num_processes":
                 raise
@@ -258,8 +206,9 @@ def _check_ranges(cfg: RunConfig) -> None:
     for name in _POSITIVE:
         value = getattr(cfg, name)
         if not (value > 0) or (isinstance(value, float) and not math.isfinite(value)):
+            default = PROFILES[cfg.profile].get(name, getattr(RunConfig, name))
             raise ParameterError(f"Parameter `{name}` must be > 0, got {value!r}. Fix: pass a positive value "
-                                 f"(the `{cfg.profile}` profile uses {PROFILES[cfg.profile].get(name, getattr(RunConfig, name))!r}).")
+                                 f"(the `{cfg.profile}` profile uses {default!r}).")
     if cfg.max_length < _MIN_MAX_LENGTH:
         raise ParameterError(f"Parameter `max_length` = {cfg.max_length} is too small for any prompt + answer. "
                              f"Fix: use at least {_MIN_MAX_LENGTH} (tiny uses 128, GPU profiles 1024).")
@@ -297,9 +246,8 @@ def _check_ranges(cfg: RunConfig) -> None:
 
 
 def values_table(cfg: RunConfig, names: list[str] | tuple[str, ...], columns: int = 3) -> str:
-    """The resolved values a notebook uses, as a compact aligned table (every notebook prints one after opening
-    the run), so the numbers are visible without opening helpers/profiles.py; `*` marks a value that differs from
-    the profile's default (an override)."""
+    """The values a notebook uses as an aligned table (every notebook prints one after opening the run); `*` marks
+    an override of the profile's default."""
     defaults = resolve_config(cfg.profile)
     cells = [f"{name}{'*' if getattr(cfg, name) != getattr(defaults, name) else ''} = {getattr(cfg, name)!r}"
              for name in names]

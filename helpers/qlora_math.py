@@ -1,33 +1,14 @@
 """QLoRA arithmetic from a model config: parameters, LoRA's trainable share, 4-bit vs 16-bit bytes (notebooks 03, 04).
 
-Everything is computed from the config alone (nothing is loaded), so the notebooks can show Mistral-7B-v0.1's numbers
-beside the run's own model, even offline on the tiny CPU model:
+Nothing is loaded, so notebook 03 shows Mistral-7B-v0.1's memory rows (`memory_estimate`, `qlora_table`) beside the
+run's own model and `modeling.memory_report`'s measurement, even offline; notebook 04 shows the trainable rows
+(`lora_trainable`) beside `model.print_trainable_parameters()`. For Mistral / Llama-style decoders.
 
-    notebook 03 (model loading)   the memory rows: `memory_estimate`, `qlora_table`'s 16-bit / 4-bit / saving rows,
-                                  next to what `helpers.modeling.memory_report` measures on the loaded model
-    notebook 04 (training)        the trainable rows: `lora_trainable`, `qlora_table`'s LoRA rows, next to
-                                  `model.print_trainable_parameters()`
-
-Works for Mistral / Llama-style decoders (embeddings, per layer q/k/v/o attention projections with grouped-query
-attention, a gate/up/down SwiGLU MLP and two RMSNorms, a final norm, an lm_head that may be tied to the embeddings).
-
-How bitsandbytes stores a 4-bit linear weight of n values (bitsandbytes.functional.quantize_4bit, QuantState):
-
-    packed weight   ceil(n / 2) bytes: two 4-bit codes (NF4 or FP4) per uint8. This is the `Params4bit` parameter,
-                    so `model.get_memory_footprint()` counts it (its numel is n / 2 at 1 byte each).
-    absmax          one scale per block of `blocksize` (64) weights. Without double quantization it is fp32
-                    (4 bytes per block = 0.5 bit per weight). With double quantization (`bnb_4bit_use_double_quant`,
-                    `compress_statistics`, QuantState.nested) the absmax values minus their mean (`offset`, one fp32)
-                    are quantized again with `quantize_blockwise(blocksize=256)`: one uint8 code per block plus one
-                    fp32 scale (`state2.absmax`) per 256 blocks = 8/64 + 32/(64*256) = 0.127 bit per weight.
-    code tables     the 16-entry 4-bit code (fp32) and, nested, the 256-entry 8-bit dynamic code (fp32), per tensor.
-
-The absmax / code tensors live in the weight's `quant_state`, not in parameters or buffers, so
-`get_memory_footprint()` (sum of parameters and buffers) does NOT count them: `footprint_4bit_*` below reproduces
-what it reports, `total_4bit_*` adds the quant state (what the GPU really holds for the weights).
-transformers quantizes every nn.Linear except the output embedding (lm_head) and tied weights; embeddings, norms
-and lm_head stay in the load dtype (`compute_bytes`: 2 for bf16/fp16 on a GPU, 4 for the fp32 CPU path).
-"""
+bitsandbytes stores a 4-bit linear weight of n values as a packed weight of ceil(n / 2) bytes (two NF4/FP4 codes per
+byte: the parameter `get_memory_footprint()` counts) plus a `quant_state` it does not count: an absmax scale per
+block of 64 weights (fp32: 0.5 bit per weight; with double quantization a uint8 per block and an fp32 scale per 256
+blocks: 0.127 bit) and code tables. `footprint_4bit_*` reproduces get_memory_footprint, `total_4bit_*` adds the quant
+state. Only decoder linears are quantized; embeddings, norms and lm_head stay in the load dtype (`compute_bytes`)."""
 
 from __future__ import annotations
 
@@ -37,26 +18,11 @@ from types import SimpleNamespace
 # Mistral-7B-v0.1's config.json (huggingface.co/mistralai/Mistral-7B-v0.1), so the numbers work offline.
 # `head_dim` is not in the Hub file: it is hidden_size / num_attention_heads = 128, written out here.
 MISTRAL_7B_CONFIG: dict = {
-    "architectures": ["MistralForCausalLM"],
-    "model_type": "mistral",
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "max_position_embeddings": 32768,
-    "initializer_range": 0.02,
-    "rms_norm_eps": 1e-05,
-    "rope_theta": 10000.0,
-    "sliding_window": 4096,
-    "tie_word_embeddings": False,
-    "use_cache": True,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "torch_dtype": "bfloat16",
+    "architectures": ["MistralForCausalLM"], "model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 32768, "initializer_range": 0.02,
+    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False,
+    "use_cache": True, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
 }
 
 MISTRAL_7B_NAME = "Mistral-7B-v0.1"
@@ -102,11 +68,8 @@ def _linear_params(shapes: dict, names) -> int:
 
 
 def parameter_counts(config) -> dict:
-    """Parameters by part, from the config alone (Mistral/Llama-style; tied lm_head counts 0, as `model.parameters()`).
-
-    Keys: embeddings, attention, mlp, norms, lm_head, total, and decoder_linear (= attention + mlp: what bitsandbytes
-    quantizes to 4 bits). Mistral-7B-v0.1: total 7,241,732,096.
-    """
+    """Parameters by part: embeddings, attention, mlp, norms, lm_head (0 when tied), total, and decoder_linear
+    (attention + mlp: what bitsandbytes quantizes). Mistral-7B-v0.1: total 7,241,732,096."""
     c = _cfg(config)
     shapes, layers = linear_shapes(c), c.num_hidden_layers
     counts = {"embeddings": c.vocab_size * c.hidden_size,
@@ -132,9 +95,7 @@ def _targets(target_modules) -> tuple[str, ...]:
 
 def lora_trainable(config, r: int, target_modules=ALL_PROJECTIONS) -> int:
     """LoRA's trainable parameters: r * (in + out) per targeted linear (A is r x in, B is out x r), per layer (04).
-
-    Mistral-7B-v0.1, r=16 on the 7 projections: 41,943,040 (0.58% of 7,241,732,096).
-    """
+    Mistral-7B-v0.1, r=16 on the 7 projections: 41,943,040 (0.58% of 7,241,732,096)."""
     shapes, targets = linear_shapes(config), _targets(target_modules)
     return _cfg(config).num_hidden_layers * sum(r * (i + o) for n, (i, o, _) in shapes.items() if n in targets)
 
@@ -154,19 +115,13 @@ def memory_estimate(config, *, quant_type: str = "nf4", double_quant: bool = Tru
                     compute_bytes: int = 2) -> dict:
     """Bytes of the 4-bit model as bitsandbytes stores it, against all parameters in 16 bits (notebook 03).
 
-    Decoder linear weights are 4-bit (packed two per byte) with their quant state; embeddings, norms, lm_head and
-    linear biases stay at `compute_bytes` per parameter (2: bf16/fp16, 4: the fp32 CPU path); the RoPE buffers
-    (inv_freq and original_inv_freq, head_dim / 2 fp32 each) are counted as get_memory_footprint counts buffers.
-    `quant_type` (nf4 / fp4) changes the values, not the bytes.
+    Everything but the decoder linears (and their biases) stays at `compute_bytes` per parameter (2: bf16/fp16, 4: the
+    fp32 CPU path), plus the RoPE buffers. `quant_type` (nf4 / fp4) changes the values, not the bytes.
 
-    Returns bytes and MiB:
-      footprint_4bit_*   what `model.get_memory_footprint()` reports for the 4-bit model (no quant state)
-      quant_state_*      absmax scales, nested scales and code tables (not counted by get_memory_footprint)
-      total_4bit_*       footprint + quant state
-      params_16bit_*     all parameters at 2 bytes (as `helpers.modeling.memory_report`'s estimate_16bit_MiB)
-      saving_factor      params_16bit / footprint_4bit (the figure notebook 03 measures)
-      bits_per_weight    effective bits per quantized weight incl. quant state (4.127 NF4+double quant, 4.5 without)
-    Mistral-7B-v0.1 (bf16): footprint 3,828.5 MiB vs 13,812.5 MiB in 16 bits, 3.61x; +105.9 MiB of quant state.
+    Returns bytes and MiB of footprint_4bit (what `get_memory_footprint()` reports), quant_state (scales and code
+    tables, which it does not count), total_4bit (both) and params_16bit (all parameters at 2 bytes); saving_factor
+    (params_16bit / footprint_4bit, what notebook 03 measures) and bits_per_weight (4.127 NF4 + double quant, 4.5
+    without). Mistral-7B-v0.1 (bf16): footprint 3,828.5 MiB vs 13,812.5 MiB in 16 bits, 3.61x; +105.9 MiB quant state.
     """
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
@@ -198,13 +153,10 @@ def memory_estimate(config, *, quant_type: str = "nf4", double_quant: bool = Tru
 
 def qlora_table(run_config, lora_r: int, target_modules=ALL_PROJECTIONS, *, compute_bytes: int = 2,
                 run_name: str = "this run", **kw) -> str:
-    """Aligned text table: this run's model beside Mistral-7B-v0.1, all computed from the configs.
+    """Aligned text table: this run's model beside Mistral-7B-v0.1, from the configs (03: memory rows, 04: LoRA rows).
 
-    Notebook 03 shows the memory rows (16-bit MiB, 4-bit MiB, + quant state, saving factor), notebook 04 the
-    parameter and LoRA trainable rows. `compute_bytes` applies to this run's column only (4 on the fp32 CPU path):
-    the Mistral-7B column is always the bf16 GPU layout the H100 run measured. Other keywords (quant_type,
-    double_quant, blocksize) go to `memory_estimate` for both columns.
-    """
+    `compute_bytes` is for this run's column only (Mistral-7B's is always bf16); other keywords (quant_type,
+    double_quant, blocksize) go to `memory_estimate` for both columns."""
     columns = []
     for config, cbytes in ((run_config, compute_bytes), (MISTRAL_7B_CONFIG, 2)):
         total = parameter_counts(config)["total"]

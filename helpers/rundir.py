@@ -1,9 +1,7 @@
-"""The run directory `outputs/<run_name>/`: the only way notebooks hand data to each other.
+"""The run directory `outputs/<run_name>/`: the only way notebooks hand data to each other (all notebooks).
 
-Every notebook starts with `open_run(...)`. Notebook 01 creates the run (or re-opens an unfinished one with the
-same parameters); 02-05 read `params.json` and may override the fields they own. A finished run (05 wrote
-eval.json) is never overwritten: pick a new run_name, or pass overwrite=True, which *archives* the old run.
-"""
+Every notebook starts with `open_run(...)`: 01 creates the run, 02-05 read `params.json`. A finished run (05 wrote
+eval.json) is never overwritten: pick a new run_name, or pass overwrite=True, which *archives* the old run."""
 
 from __future__ import annotations
 
@@ -63,7 +61,7 @@ class RunDir:
         """Fail clearly when an earlier notebook's output is missing."""
         if not path.exists():
             raise FileNotFoundError(f"{path.relative_to(self.root.parent)} is missing: run {made_by} first "
-                                    f"(or the whole series with `python -m helpers.runner`).")
+                                    f"(or the whole series with `python -m runner`).")
         return path
 
 
@@ -104,13 +102,10 @@ def open_run(run_name: str, profile: str | None = None, overrides: dict | None =
              stage: str | None = None) -> tuple[RunConfig, RunDir]:
     """Open (or with start=True, create) a run and return its validated config and paths.
 
-    start=True (notebook 01, the runner): resolve `profile` + overrides and write params.json. Re-opening an
-    unfinished run is allowed only with the same parameters, so a resumed run never mixes two configs.
-    start=False (notebooks 02-05, `stage` = the notebook's number): read params.json; non-None overrides replace
-    stored values and are recorded - unless this stage or a later one is already done with the stored values, or the
-    run is finished: then nothing is touched and RunRecordError says what to do. However a notebook is executed
-    (runner, papermill, Jupyter), a run's params.json always describes the outputs that are in it.
-    """
+    start=True (notebook 01, the runner): resolve `profile` + overrides and write params.json; an unfinished run
+    re-opens only with the same parameters. start=False (notebooks 02-05, `stage` = the notebook's number): read
+    params.json and record non-None overrides, unless outputs of this stage or a later one (or a finished run) were
+    made with the stored values: then RunRecordError, so params.json always describes the run's outputs."""
     root = outputs_root()
     run = RunDir(root / run_name)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -1,11 +1,8 @@
 """Held-out scoring (notebook 05) and greedy generation (notebooks 03, 05).
 
-`Trainer.evaluate` on preference pairs recomputes the whole training loss and its metrics pair by pair and was ~80%
-of the reference notebook's run time. Scoring needs only one no-grad forward pass per answer: the mean token log-prob
-of the answer given its prompt, the very quantity ORPO's odds ratio is built from. `mean_answer_logps` below is the
-readable version (padded batches through the whole model); with `fast=True` (the GPU profiles' `fast_orpo_trainer`
-switch) engine.scoring computes the same numbers with less work (tests/test_scoring.py compares them).
-"""
+Scoring needs one no-grad forward pass per answer (not `Trainer.evaluate`): the mean token log-prob of the answer
+given its prompt, the quantity ORPO's odds ratio is built from. `mean_answer_logps` is the readable version; with
+`fast=True` (the GPU profiles' `fast_orpo_trainer`) engine.scoring computes the same numbers with less work."""
 
 from __future__ import annotations
 
@@ -25,8 +22,7 @@ def compute_dtype_of(model) -> torch.dtype | None:
 
 def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[int], int]]:
     """Token ids of each prompt + answer and its prompt's length, exactly as TRL's ORPOTrainer builds them
-    (helpers.chat.trl_tokens: template once, BOS/EOS rules), so held-out scores mean what training optimized.
-    All texts are tokenized in one batched call (the fast tokenizer's Rust side): ~2x quicker than one by one."""
+    (`chat.trl_tokens`), so held-out scores mean what training optimized; all texts in one batched call."""
     texts = [prompt_and_answer_texts(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
     ids = tokenizer([p for p, _ in texts] + [p + a for p, a in texts], add_special_tokens=False)["input_ids"]
     n = len(texts)
@@ -35,8 +31,8 @@ def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[i
 
 @contextmanager
 def scoring_session(model, tokenizer):
-    """(device, pad id, autocast in the model's own half-precision dtype), with the model in eval mode until the
-    block ends. Autocast keeps fp32 LoRA weights and norms from dragging every activation into fp32."""
+    """(device, pad id, autocast in the model's half-precision dtype, so fp32 LoRA weights and norms don't drag
+    activations into fp32), with the model in eval mode until the block ends."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = compute_dtype_of(model)
@@ -55,11 +51,9 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
                       share_prompt_backend: str = "auto") -> list[float]:
     """Mean per-token log-prob of each answer given its prompt (answer tokens only, EOS included).
 
-    Sequences are sorted by length (longest first: an out-of-memory shows at once) and cut into batches of at most
-    `max_batch_tokens` padded tokens (default 4,096: the logits of a batch are [tokens, vocab] floats; the fast path,
-    which computes logits at answer tokens only, defaults to 16,384) and at most `batch_size` rows, if given.
-    fast / share_prompt: engine.scoring.fast_answer_logps (share_prompt: each prompt computed once for its answers).
-    """
+    Longest first (an out-of-memory shows at once), in batches of at most `max_batch_tokens` padded tokens (default
+    4,096; 16,384 for the fast path, which computes logits at answer tokens only) and `batch_size` rows, if given.
+    fast / share_prompt: engine.scoring.fast_answer_logps (share_prompt: each prompt computed once for its answers)."""
     encoded = encode_answers(tokenizer, prompts, answers)
     if fast or share_prompt:
         from engine.scoring import fast_answer_logps

@@ -122,6 +122,7 @@ def run_cell(source: str):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_cell_locally_only_makes_helpers_importable_and_quiet(path, sandbox):
+    assert len(first_code_cell(path).splitlines()) <= 5  # the fastbook pattern: one guarded call, short
     run_cell(first_code_cell(path))
     assert sys.path[0] == str(ROOT)
     assert all(__import__("os").environ[name] == "1" for name in QUIET)
@@ -147,7 +148,7 @@ def test_cell_on_colab_with_url_clones_once_then_calls_setup_colab(path, sandbox
     sandbox.setattr(colab, "setup_colab", lambda repo: calls.append(("setup_colab", repo)))
     source = re.sub(r"^REPO_URL = \S+", f"REPO_URL = {url!r}", first_code_cell(path), count=1, flags=re.M)
     run_cell(source)
-    target = Path("/content/orpo-course-fork-test-only")
+    target = Path("/content/course")
     assert calls == [(["git", "clone", "--depth", "1", url, str(target)], {"check": True}), ("setup_colab", target)]
 
 

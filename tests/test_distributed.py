@@ -21,9 +21,10 @@ import pytest
 from processes import start_until, train_losses
 
 from engine import multi_gpu as distributed
-from helpers import runner
+import runner
 from helpers.modeling import use_one_gpu
-from helpers.profiles import ParameterError, cpu_rehearsal, resolve_config
+from helpers.profiles import ParameterError, resolve_config
+from rehearsal import cpu_rehearsal
 from helpers.rundir import outputs_root
 
 # Measured on the 2-core dev machine (12 steps, fp32 on CPU): the largest relative difference of the logged train loss
@@ -100,7 +101,7 @@ def test_two_processes_with_prefix_sharing_train_like_two_without():
 @pytest.mark.slow
 def test_a_killed_notebook_stops_its_processes_and_the_rerun_resumes_with_two():
     run = outputs_root() / "ddp-kill"
-    command = [sys.executable, "-m", "helpers.runner", *args_for("ddp-kill", 2, max_steps=40)]
+    command = [sys.executable, "-m", "runner", *args_for("ddp-kill", 2, max_steps=40)]
     proc = start_until(command, run / "checkpoints" / "checkpoint-4" / "trainer_state.json")
     workers = launched_processes()
     assert len(workers) >= 2, "the launched training processes were not found"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import runner
+import runner
 from readme_commands import run_readme_command
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """Every GPU profile's training code path, end to end on a CPU: the path a learner on Colab or an H100 takes.
 
-`helpers.profiles.cpu_rehearsal(profile)` takes the profile's TRAINER_PATH settings unchanged (FastORPOTrainer,
+`rehearsal.cpu_rehearsal(profile)` (tests/rehearsal.py) takes the profile's TRAINER_PATH settings unchanged (FastORPOTrainer,
 group_by_length batches, gradient checkpointing of selected layers, the profile's micro-batch x accumulation, its
 schedule and eval batch) and runs them on the offline default through the runner: several in-training
 evaluations, checkpoint saves, and for one profile a kill mid-training and a resume. Only CUDA kernels are left
@@ -16,8 +16,9 @@ import time
 import pytest
 from processes import kill_like_a_preemption, start_until, train_losses
 
-from helpers import runner
-from helpers.profiles import GPU_PROFILES, cpu_rehearsal
+import runner
+from helpers.profiles import GPU_PROFILES
+from rehearsal import cpu_rehearsal
 from helpers.rundir import outputs_root
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def test_gpu_profile_settings_run_end_to_end(profile):
 def test_h100_settings_survive_a_kill_mid_training_and_resume():
     run = outputs_root() / "rehearse-h100"
     # 40 steps: on a fast machine 12 tiny steps end before the kill lands, and the rerun has nothing to resume
-    command = [sys.executable, "-m", "helpers.runner", *runner_args("h100", max_steps=40)]
+    command = [sys.executable, "-m", "runner", *runner_args("h100", max_steps=40)]
     proc = start_until(command, run / "checkpoints" / "checkpoint-4" / "trainer_state.json")
     time.sleep(0.5)
     kill_like_a_preemption(proc)  # the runner and its kernel, like a preempted GPU

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from helpers.chat import CHAT_TEMPLATE
-from helpers.runner import NOTEBOOKS
+from runner import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = [ROOT / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS]

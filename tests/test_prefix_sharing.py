@@ -412,10 +412,10 @@ def test_sequences_longer_than_the_sliding_window_use_the_unshared_path(setup):
     assert _rel(loss_f, loss_t) < RTOL
 
 
-@pytest.mark.parametrize(("capability", "want"), [((9, 0), "varlen"), ((8, 0), "varlen"), ((7, 5), "flex")])
+@pytest.mark.parametrize(("capability", "want"), [((9, 0), "varlen"), ((8, 0), "varlen"), ((7, 5), "dense")])
 def test_auto_backend_follows_the_gpu(monkeypatch, capability, want):
-    """"auto" takes FlashAttention's varlen kernel on an A100/H100 and FlexAttention on a T4 (FlashAttention-2 has
-    no kernels below compute capability 8); on a CPU the dense mask."""
+    """"auto" takes FlashAttention's varlen kernel on an A100/H100; on a T4 (no varlen kernel below compute
+    capability 8) never FlexAttention's Triton kernel, but the dense mask with SDPA, as on a CPU."""
     from engine.prefix_sharing import resolve_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -81,7 +81,7 @@ def test_text_values_are_read_as_the_declared_type(name, text, value):
 
 def test_every_profile_field_is_either_trainer_path_or_hardware_sized():
     """A field set only by a GPU profile must be rehearsed on the CPU (TRAINER_PATH) or only size the run."""
-    from helpers.profiles import HARDWARE_SIZED, TRAINER_PATH
+    from rehearsal import HARDWARE_SIZED, TRAINER_PATH
 
     assert not set(TRAINER_PATH) & set(HARDWARE_SIZED)
     for name, settings in PROFILES.items():
@@ -90,7 +90,8 @@ def test_every_profile_field_is_either_trainer_path_or_hardware_sized():
 
 
 def test_cpu_rehearsal_carries_each_gpu_profiles_trainer_path():
-    from helpers.profiles import GPU_PROFILES, TRAINER_PATH, cpu_rehearsal
+    from helpers.profiles import GPU_PROFILES
+    from rehearsal import TRAINER_PATH, cpu_rehearsal
 
     for name in GPU_PROFILES:
         overrides = cpu_rehearsal(name)

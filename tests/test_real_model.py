@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import runner
+import runner
 from helpers.rundir import outputs_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))

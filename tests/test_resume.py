@@ -17,7 +17,7 @@ ARGS = ["--run-name", "resume", "-p", "max_steps", "60", "-p", "save_steps", "20
 
 
 def start_runner():
-    return subprocess.Popen([sys.executable, "-m", "helpers.runner", *ARGS], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "runner", *ARGS], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, env=os.environ.copy())
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import runner
+import runner
 from helpers.rundir import write_json
 
 

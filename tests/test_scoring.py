@@ -41,11 +41,12 @@ def reference_logp(model, tokenizer, prompt, answer):
     return sum(picked) / len(picked)
 
 
-def test_batched_padded_scores_equal_one_by_one_reference(tiny):
+@pytest.mark.parametrize("fast", [False, True], ids=["readable", "engine"])
+def test_batched_padded_scores_equal_one_by_one_reference(tiny, fast):
     model, tokenizer = tiny
     expected = [reference_logp(model, tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS)]
     for batch_size in (1, 2, 3):
-        got = mean_answer_logps(model, tokenizer, PROMPTS, ANSWERS, batch_size=batch_size)
+        got = mean_answer_logps(model, tokenizer, PROMPTS, ANSWERS, batch_size=batch_size, fast=fast)
         assert got == pytest.approx(expected, abs=1e-5)
 
 
@@ -69,11 +70,12 @@ def test_left_padded_batch_generation_equals_one_by_one(tiny):
     assert tokenizer.padding_side == side  # generation's left padding must not leak into training
 
 
-def test_token_budget_batching_gives_the_same_scores(tiny):
+@pytest.mark.parametrize("fast", [False, True], ids=["readable", "engine"])
+def test_token_budget_batching_gives_the_same_scores(tiny, fast):
     model, tokenizer = tiny
     expected = [reference_logp(model, tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS)]
     for budget in (1, 20, 10_000):  # one sequence per batch, a few, all at once
-        got = mean_answer_logps(model, tokenizer, PROMPTS, ANSWERS, max_batch_tokens=budget)
+        got = mean_answer_logps(model, tokenizer, PROMPTS, ANSWERS, max_batch_tokens=budget, fast=fast)
         assert got == pytest.approx(expected, abs=1e-5)
 
 
@@ -93,6 +95,8 @@ def test_scores_are_the_logps_orpo_trains_on(tiny, tmp_path):
     with torch.no_grad():
         chosen_trl, rejected_trl = trainer.concatenated_forward(model, batch)[:2]
     prompts = data["prompt"]
-    assert mean_answer_logps(model, tokenizer, prompts, data["chosen"]) == pytest.approx(chosen_trl.tolist(), abs=1e-5)
-    assert mean_answer_logps(model, tokenizer, prompts, data["rejected"]) == pytest.approx(rejected_trl.tolist(),
-                                                                                          abs=1e-5)
+    for fast in (False, True):  # the readable scorer and the engine's
+        chosen = mean_answer_logps(model, tokenizer, prompts, data["chosen"], fast=fast)
+        rejected = mean_answer_logps(model, tokenizer, prompts, data["rejected"], fast=fast)
+        assert chosen == pytest.approx(chosen_trl.tolist(), abs=1e-5)
+        assert rejected == pytest.approx(rejected_trl.tolist(), abs=1e-5)

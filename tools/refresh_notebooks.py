@@ -38,7 +38,7 @@ def clean(nb):
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from helpers import runner
+    import runner
 
     with tempfile.TemporaryDirectory(prefix="orpo-refresh-") as tmp:
         os.environ["ORPO_OUTPUTS_DIR"] = tmp

@@ -1,7 +1,9 @@
-"""Run the whole series 01 -> 05 with papermill into `outputs/<run_name>/` (the README's main command).
+"""The batch runner: the whole series 01 -> 05 with papermill into `outputs/<run_name>/` (`bash tasks.sh run`).
 
-    python -m helpers.runner                                   # tiny profile, offline default, CPU, minutes
-    python -m helpers.runner --profile h100 --run-name h100-a -p learning_rate 5e-5 -f my_params.yaml
+Not imported by the notebooks: it executes them, exactly as a learner's kernel would, with validated parameters.
+
+    python -m runner                                   # tiny profile, offline default, CPU, minutes
+    python -m runner --profile h100 --run-name h100-a -p learning_rate 5e-5 -f my_params.yaml
 
 Parameters are validated before any notebook starts; notebook 01 writes them to params.json, and 02-05 read
 them from there. Rerunning an unfinished run resumes it (04 continues from its last checkpoint); a finished
@@ -19,15 +21,14 @@ from pathlib import Path
 
 import yaml
 
-
-from .profiles import PROFILES, ParameterError, choose_profile
-from .rundir import REPO_ROOT, STAGE_DONE, RunDir, open_run, outputs_root
+from helpers.profiles import PROFILES, ParameterError, choose_profile
+from helpers.rundir import REPO_ROOT, STAGE_DONE, RunDir, open_run, outputs_root
 
 NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m runner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="tiny", help=f"one of {sorted(PROFILES)} or auto (default: tiny)")
     parser.add_argument("--run-name", default=None, help="folder under outputs/ (default: <profile>-demo)")
@@ -140,7 +141,3 @@ def main(argv=None) -> int:
     except (ParameterError, FileExistsError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
