@@ -175,10 +175,12 @@ def lognormal_words(rng: random.Random, median: float, sigma: float, low: int, h
 
 
 def generate_pairs(maker: TextMaker, rng: random.Random, n: int, n_overlong: int, max_length: int,
-                   seen_prompts: set) -> list[dict]:
+                   seen_prompts: set, worst_case: bool = False) -> list[dict]:
     """Rows of prompt / chosen / rejected text. Word counts scale with max_length (1024: prompt median ~70 words,
     answers ~150-200, like UltraFeedback). The last `n_overlong` rows get an answer of 1.3 x max_length words, which
-    is more than max_length tokens (every word is at least one token): notebook 02 must drop them."""
+    is more than max_length tokens (every word is at least one token): notebook 02 must drop them.
+    worst_case: every answer is longer than max_length allows, so `fit_rows` trims every regular pair to just under
+    max_length: every batch is as long as a batch can be (the memory bound the h100 profile is sized for)."""
     scale = max_length / 1024
     rows = []
     while len(rows) < n:
@@ -189,6 +191,8 @@ def generate_pairs(maker: TextMaker, rng: random.Random, n: int, n_overlong: int
         seen_prompts.add(prompt)
         chosen_n = lognormal_words(rng, 190 * scale, 0.55, 6, int(550 * scale) + 6)
         rejected_n = lognormal_words(rng, 150 * scale, 0.6, 4, int(550 * scale) + 4)
+        if worst_case:
+            chosen_n = rejected_n = max_length
         if overlong:
             chosen_n = int(1.3 * max_length)
         rows.append({"prompt": prompt, "chosen": maker.words(chosen_n, list_items=rng.random() < 0.15),
@@ -329,7 +333,8 @@ def build_model(path: Path, config: dict, seed: int) -> dict:
     return {"seconds": seconds, "model": info}
 
 
-def build(work: Path, small: bool, train_rows: int, test_rows: int, overlong_share: float, seed: int) -> dict:
+def build(work: Path, small: bool, train_rows: int, test_rows: int, overlong_share: float, seed: int,
+          worst_case: bool = False) -> dict:
     """Model (work/model, with the tokenizer beside it as in a Hub repo) and data (work/data). Returns build_info,
     also written to work/build_info.json."""
     import datasets
@@ -350,7 +355,7 @@ def build(work: Path, small: bool, train_rows: int, test_rows: int, overlong_sha
     maker = TextMaker(rng)
     n_over = {"train": overlong_rows(train_rows, overlong_share), "test": overlong_rows(test_rows, overlong_share)}
     seen: set = set()
-    split_rows = {split: generate_pairs(maker, rng, n, n_over[split], max_length, seen)
+    split_rows = {split: generate_pairs(maker, rng, n, n_over[split], max_length, seen, worst_case)
                   for split, n in (("train", train_rows), ("test", test_rows))}
     seconds["data_generate"] = round(time.perf_counter() - t0, 2)
 
@@ -390,20 +395,22 @@ def build(work: Path, small: bool, train_rows: int, test_rows: int, overlong_sha
     info = {"work": str(work), "model_dir": str(model_dir), "data_dir": str(data_dir), "small": small,
             "max_length": max_length, "seed": seed, "seconds": seconds, "model": model_info["model"],
             "data": data_info, "verified": verified, "key": build_key(small, train_rows, test_rows, overlong_share,
-                                                                      seed)}
+                                                                      seed, worst_case), "worst_case": worst_case}
     (work / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
-def build_key(small: bool, train_rows: int, test_rows: int, overlong_share: float, seed: int) -> str:
+def build_key(small: bool, train_rows: int, test_rows: int, overlong_share: float, seed: int,
+              worst_case: bool = False) -> str:
     """Identifies a build: this script's source and the build options (see --reuse-build)."""
     source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    return f"{source}:{small}:{train_rows}:{test_rows}:{overlong_share}:{seed}"
+    return f"{source}:{small}:{train_rows}:{test_rows}:{overlong_share}:{seed}" + (":worst" if worst_case else "")
 
 
 def reusable(args) -> bool:
     info = read_json_file(args.work / "build_info.json") or {}
-    same = info.get("key") == build_key(args.small, args.train_rows, args.test_rows, args.overlong_share, args.seed)
+    same = info.get("key") == build_key(args.small, args.train_rows, args.test_rows, args.overlong_share, args.seed,
+                                        args.worst_case)
     return same and Path(info.get("model_dir", "/nonexistent"), "config.json").exists()
 
 
@@ -888,6 +895,7 @@ def run_profile(profile: str, args, build_info: dict, kill_step: int, deadline: 
         a.pop("output")
     train = record["train_summary"] or {}
     record["peak_gpu_memory_GiB_train_summary"] = train.get("peak_gpu_memory_GiB")
+    record["peak_gpu_reserved_GiB_train_summary"] = train.get("peak_gpu_reserved_GiB")  # torch's cache, training
     log(f"profile {profile}: {'PASSED' if record['passed'] else 'FAILED'} "
         f"{ {k: v for k, v in checks.items() if not v} or ''}")
     return record
@@ -971,6 +979,8 @@ def parse_args(argv=None):
                         help="use the build in --work if it was made by this same script with the same options "
                              "(a warm device machine keeps /tmp), else build")
     parser.add_argument("--small", action="store_true", help="tiny model and short pairs: a CPU smoke test")
+    parser.add_argument("--worst-case", action="store_true", help="every pair just under max_length: the longest "
+                        "batches the data can form, the memory bound (use its own --work)")
     parser.add_argument("--train-rows", type=int, default=600, help="train_prefs rows (default %(default)s)")
     parser.add_argument("--test-rows", type=int, default=150, help="test_prefs rows (default %(default)s)")
     parser.add_argument("--overlong-share", type=float, default=0.02,
@@ -1012,7 +1022,7 @@ def main(argv=None) -> int:
     if args.build_only:
         log(f"build in {args.work} ({'small' if args.small else 'Mistral-7B-v0.1 config'})")
         result["build"] = build(args.work, args.small, args.train_rows, args.test_rows, args.overlong_share,
-                                args.seed)
+                                args.seed, args.worst_case)
     elif args.skip_build or args.reuse_build and reusable(args):
         result["build"] = read_json_file(args.work / "build_info.json")
         if result["build"] is None:
@@ -1023,7 +1033,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--build-only", "--work", str(args.work),
                "--out", str(args.work / "build_result.json"), "--train-rows", str(args.train_rows),
                "--test-rows", str(args.test_rows), "--overlong-share", str(args.overlong_share),
-               "--seed", str(args.seed)] + (["--small"] if args.small else [])
+               "--seed", str(args.seed)] + (["--small"] if args.small else []) + (
+                   ["--worst-case"] if args.worst_case else [])
         rc = subprocess.run(cmd, cwd=REPO_ROOT).returncode
         result["build"] = read_json_file(args.work / "build_info.json") if rc == 0 else None
         if result["build"] is None:

@@ -2,8 +2,8 @@
 
 Locally it only quiets the libraries (plain-text output, no progress widgets). On Colab the first cell clones the
 repo from its `REPO_URL` line, and `setup_colab(clone)` installs `requirements-colab.txt` into the running kernel.
-`REPO_URL` is written only below and in each notebook's first cell, and set in all of them (and the README's badges)
-by `python tools/set_repo_url.py https://github.com/<you>/<fork>`, never by hand."""
+`REPO_URL` is set in every notebook (and the README's badges) by `python tools/set_repo_url.py <url>`, which also
+holds the rules a URL must pass."""
 
 from __future__ import annotations
 
@@ -14,30 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The course's public GitHub URL, https://github.com/<owner>/<repo>; empty: the first cell refuses to clone on Colab.
-REPO_URL = ""
-
-# URLs nobody we know owns (whoever registered one would run code in every learner's Colab): never a clone source.
-PLACEHOLDER_URLS = (
-    "https://github.com/orpo-qlora-course/orpo-qlora-mistral",
-)
-
-GITHUB_URL = re.compile(r"https://github\.com/[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
-
 REQUIREMENTS = "requirements-colab.txt"
 # Never installed on Colab: its own CUDA torch and the running kernel's Jupyter/test stack stay as they are.
 NEVER_INSTALL = ("torch", "ipykernel", "jupyterlab", "jupyter", "notebook", "pytest", "nbval", "papermill")
 QUIET_ENV = ("TRL_EXPERIMENTAL_SILENCE",            # ORPO lives in trl.experimental: we know
              "HF_DATASETS_DISABLE_PROGRESS_BARS",   # plain-text output instead of progress widgets
              "HF_HUB_DISABLE_PROGRESS_BARS")
-
-
-def is_placeholder(url: str) -> bool:
-    """True for a URL known to belong to nobody we trust (compared without case, trailing slash or `.git`)."""
-    def norm(u):
-        u = u.strip().rstrip("/").lower()
-        return u[:-4] if u.endswith(".git") else u
-    return norm(url) in {norm(p) for p in PLACEHOLDER_URLS}
 
 
 def requirement_names(path: Path) -> list[str]:
@@ -67,6 +49,8 @@ def setup(clone: str | Path | None) -> None:
         setup_colab(clone)
     for name in QUIET_ENV:
         os.environ[name] = "1"
+    # Before CUDA starts: memory freed by batches of varying length is reused instead of fragmenting the cache
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # (your own setting wins)
     warnings.filterwarnings("ignore", message="IProgress not found")  # no ipywidgets: plain-text progress is fine
 
 

@@ -9,6 +9,8 @@ so ORPOTrainer applies the chat template exactly once (applying it yourself AND 
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
 from pathlib import Path
 
 from .chat import prompt_and_answer_texts, trl_tokens
@@ -30,10 +32,9 @@ def load_preference_split(dataset_id: str, split: str, *, seed: int = 0):
     if dataset_id == OFFLINE_DATASET_ID:
         return datasets.load_from_disk(str(ensure_offline_default(seed=seed).dataset_dir))[split]
     path = Path(dataset_id).expanduser()
-    if path.is_dir() and (path / "dataset_dict.json").exists():
-        return datasets.load_from_disk(str(path))[split]
-    if path.is_dir() and (path / "dataset_info.json").exists():
-        return datasets.load_from_disk(str(path))
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()):
+        saved = datasets.load_from_disk(str(path))  # a DatasetDict (pick the split) or one Dataset
+        return saved[split] if isinstance(saved, datasets.DatasetDict) else saved
     if path.is_file():
         if path.suffix not in LOCAL_SUFFIXES:
             raise DataError(f"{path.name}: unsupported file type {path.suffix!r}. Fix: use .json, .jsonl or .parquet.")
@@ -55,8 +56,6 @@ def load_preference_sources(dataset_id: str, train_split: str, eval_split: str, 
 
     The test source is the split `eval_split` (UltraFeedback: `test_prefs`), or the second file it names. Without
     one, notebook 02 carves a held-out set from train by prompt (`carve_by_prompt`), so no prompt is in both."""
-    import datasets
-
     eval_path = Path(eval_split).expanduser() if eval_split else None
     if eval_path is not None and eval_path.suffix in LOCAL_SUFFIXES and not eval_path.is_file():
         raise DataError(f"eval_split {eval_split!r} looks like a file but does not exist. Fix: the path of a second "
@@ -105,9 +104,7 @@ def split_key(prompt: list[dict]) -> str:
     3 1 2" are one prompt), else the text of every turn, whitespace normalized."""
     last = prompt[-1]["content"] if prompt else ""
     key = instance_key(last) if isinstance(last, str) else None
-    if key:
-        return f"task:{key}"
-    return "text:" + " ".join(" ".join(str(m["content"]).split()) for m in prompt)
+    return f"task:{key}" if key else "text:" + " ".join(" ".join(str(m["content"]).split()) for m in prompt)
 
 
 def carve_by_prompt(dataset, *, seed: int, share: float | None = None, n_pairs: int | None = None,
@@ -125,19 +122,15 @@ def carve_by_prompt(dataset, *, seed: int, share: float | None = None, n_pairs: 
     if share is not None:
         take = distinct[:min(len(distinct) - 1, max(1, round(share * len(distinct))))]
     else:
-        per_key = {}
-        for key in keys:
-            per_key[key] = per_key.get(key, 0) + 1
-        take, count = [], 0
+        per_key, take, count = Counter(keys), [], 0
         for key in distinct[:max(1, len(distinct) // 2)]:
             if count >= n_pairs:
                 break
             take.append(key)
             count += per_key[key]
     taken = set(take)
-    carved = [i for i, k in enumerate(keys) if k in taken]
-    rest = [i for i, k in enumerate(keys) if k not in taken]
-    return dataset.select(rest), dataset.select(carved)
+    return (dataset.select([i for i, k in enumerate(keys) if k not in taken]),
+            dataset.select([i for i, k in enumerate(keys) if k in taken]))
 
 
 def drop_shared_prompts(dataset, other):
@@ -206,47 +199,87 @@ def _as_messages(value, role: str, where: str) -> list[dict]:
                     f"{type(value).__name__}. Fix: use UltraFeedback's schema or plain strings.")
 
 
-def to_explicit_prompt(example: dict, idx: int = 0, *, source: str = "data") -> dict:
-    """One row -> TRL's explicit-prompt conversational format. UltraFeedback's `chosen`/`rejected` are whole
-    conversations: the prompt is everything before the last (assistant) turn; plain strings work too."""
-    for column in ("chosen", "rejected"):
-        if column not in example:
-            raise DataError(f"{source}, row {idx}: missing column {column!r}. Fix: provide prompt/chosen/rejected.")
-    chosen = _as_messages(example["chosen"], "assistant", f"{source}, row {idx}, column 'chosen'")
-    rejected = _as_messages(example["rejected"], "assistant", f"{source}, row {idx}, column 'rejected'")
-    if len(chosen) > 1:  # a whole conversation: the prompt is the shared prefix
-        prompt = chosen[:-1]
-    elif "prompt" in example:
-        prompt = _as_messages(example["prompt"], "user", f"{source}, row {idx}, column 'prompt'")
-    else:
-        raise DataError(f"{source}, row {idx}: no prompt (no 'prompt' column and 'chosen' is a single turn).")
+HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ?")  # Anthropic HH-RLHF: "\n\nHuman: ...\n\nAssistant: ..."
+
+
+def _transcript(text, where: str) -> list[dict]:
+    """An HH-RLHF transcript -> messages, cut at the LAST Assistant turn as TRL's hh-rlhf-helpful-base.py does (a
+    character-level common prefix of chosen and rejected would swallow the first words both answers share)."""
+    head, cut, answer = text.rpartition("\n\nAssistant:") if isinstance(text, str) else ("", "", "")
+    turns = HH_TURN.split(head)
+    if not cut or turns[0].strip():
+        raise DataError(f"{where}: not a '\\n\\nHuman: ...\\n\\nAssistant: ...' transcript.")
+    roles = ["user" if who == "Human" else "assistant" for who in turns[1::2]] + ["assistant"]
+    return [{"role": r, "content": c} for r, c in zip(roles, turns[2::2] + [answer.removeprefix(" ")])]
+
+
+def to_explicit_prompt(example: dict, idx: int = 0, *, source: str = "data", prompt_column: str = "prompt",
+                       system_column: str = "", transcripts: bool = False) -> dict:
+    """One row -> TRL's explicit-prompt conversational format. Whole conversations in `chosen`/`rejected`
+    (UltraFeedback, TRL's implicit prompt, HH-RLHF `transcripts`): the prompt is the turns before the last answer,
+    which both must share; else the prompt is `prompt_column`. A non-empty `system_column` value leads the prompt."""
+    where = f"{source}, row {idx}"
+    chosen, rejected = (_transcript(example.get(name), f"{where}, column {name!r}") if transcripts else
+                        _as_messages(example.get(name), "assistant", f"{where}, column {name!r}")
+                        for name in ("chosen", "rejected"))
     for name, answer in (("chosen", chosen[-1]), ("rejected", rejected[-1])):
         if answer["role"] != "assistant":
-            raise DataError(f"{source}, row {idx}, column {name!r}: the last message has role "
-                            f"{answer['role']!r}, expected 'assistant'.")
+            raise DataError(f"{where}, column {name!r}: the last message has role {answer['role']!r}, expected "
+                            "'assistant'.")
+    if len(chosen) > 1:
+        prompt = chosen[:-1]
+        if rejected[:-1] != prompt:
+            raise DataError(f"{where}: chosen and rejected differ before their last turn (no shared prompt).")
+    elif example.get(prompt_column) is not None:
+        prompt = _as_messages(example[prompt_column], "user", f"{where}, column {prompt_column!r}")
+    else:
+        raise DataError(f"{where}: no prompt (no prompt column and 'chosen' is a single turn).")
+    system = example.get(system_column) if system_column else None
+    if isinstance(system, str) and system.strip() and prompt[0]["role"] != "system":  # orca: often empty
+        prompt = [{"role": "system", "content": system}] + prompt
     return {"prompt": prompt, "chosen": [chosen[-1]], "rejected": [rejected[-1]]}
+
+
+def preference_format(dataset, source: str = "data", prompt_column: str = "", system_column: str = ""):
+    """How the columns map to prompt/chosen/rejected, from the column names and the first row: (keyword arguments
+    for `to_explicit_prompt`, one line for notebook 02). Unmappable: one DataError naming the columns and the fix."""
+    columns, first = dataset.column_names, (dataset[0] if len(dataset) else {})
+    prompt = prompt_column or next((c for c in ("prompt", "question") if c in columns), "")
+    system = system_column or ("system" if "system" in columns else "")
+    transcripts = not prompt and isinstance(first.get("chosen"), str) and bool(HH_TURN.match(first["chosen"]))
+    conversations = isinstance(first.get("chosen"), list) and len(first["chosen"]) > 1
+    missing = [c for c in ("chosen", "rejected", prompt_column, system_column) if c and c not in columns]
+    if missing or not (prompt or transcripts or conversations):
+        text = [c for c in columns if isinstance(first.get(c), str) and c not in ("chosen", "rejected")]
+        closest, fix = (("TRL's preference format (prompt, chosen, rejected)", "rename the answer columns to chosen "
+                         "and rejected") if {"chosen", "rejected"} & set(missing) else
+                        ("Intel/orca_dpo_pairs (system, question, chosen, rejected strings)",
+                         f"`-p prompt_column {next((c for c in text if 'system' not in c), '<column>')}" +
+                         next((f" -p system_column {c}" for c in text if "system" in c), "") + "`"))
+        why = f"no column {missing}" if missing else "no prompt column, and 'chosen' is one answer"
+        raise DataError(f"{source}: cannot map the columns {columns} to prompt/chosen/rejected ({why}). Closest "
+                        f"known format: {closest}. Fix: {fix}.")
+    lead = f"{system!r} (skipped if empty) + " if system else ""
+    line = (f"Anthropic HH-RLHF transcripts -> prompt = {lead}transcript up to the last Assistant turn" if transcripts
+            else f"conversations in chosen/rejected -> prompt = {lead}the turns before the last answer" if conversations
+            else f"{prompt!r} + chosen/rejected columns -> prompt = {lead}{prompt!r}")
+    return dict(prompt_column=prompt, system_column=system, transcripts=transcripts), line
 
 
 MAX_BAD_SHARE = 0.5  # above this, the data is more likely in the wrong format than a little dirty
 
 
-def normalize_pairs(dataset, source: str):
-    """Validate every row and convert it to the explicit-prompt format (notebook 02); returns (dataset, report).
-
-    Missing columns raise. Bad *rows* (wrong types or roles, empty answers, chosen == rejected) are dropped and
-    counted, unless they are the majority (a format problem): then one error names the first bad rows."""
-    from collections import Counter
-
+def normalize_pairs(dataset, source: str, *, prompt_column: str = "", system_column: str = ""):
+    """Map the columns (`preference_format`), validate every row and convert it to the explicit-prompt format
+    (notebook 02); returns (dataset, report). Bad *rows* (wrong types or roles, empty answers, chosen == rejected)
+    are dropped and counted, unless they are the majority (a format problem): then one error names the first."""
     from datasets import Dataset
 
-    missing = {"chosen", "rejected"} - set(dataset.column_names)
-    if missing:
-        raise DataError(f"{source}: missing column(s) {sorted(missing)}; found {dataset.column_names}. Fix: "
-                        "provide prompt/chosen/rejected (strings or UltraFeedback-style message lists).")
+    mapping, line = preference_format(dataset, source, prompt_column, system_column)
     rows, reasons, examples = [], Counter(), []
     for idx, example in enumerate(dataset):
         try:
-            row = to_explicit_prompt(example, idx, source=source)
+            row = to_explicit_prompt(example, idx, source=source, **mapping)
             problem = _content_problem(row)
         except DataError as err:
             problem, row = str(err).split(": ", 1)[-1], None
@@ -258,11 +291,11 @@ def normalize_pairs(dataset, source: str):
             rows.append(row)
     bad = sum(reasons.values())
     if not rows or bad > MAX_BAD_SHARE * len(dataset):
-        raise DataError(f"{source}: {bad} of {len(dataset)} rows are unusable ({dict(reasons)}), e.g. "
-                        f"{examples[:3]}. Fix: check the format (UltraFeedback schema or prompt/chosen/rejected "
-                        "strings).")
-    return Dataset.from_list(rows), {"rows": len(dataset), "dropped_bad_rows": bad, "reasons": dict(reasons),
-                                     "examples": examples}
+        raise DataError(f"{source} ({line}): {bad} of {len(dataset)} rows are unusable ({dict(reasons)}), e.g. "
+                        f"{examples[:3]}. Fix: check the format, or map the columns with prompt_column / "
+                        "system_column.")
+    return Dataset.from_list(rows), {"format": line, "rows": len(dataset), "dropped_bad_rows": bad,
+                                     "reasons": dict(reasons), "examples": examples}
 
 
 def _content_problem(row: dict) -> str | None:

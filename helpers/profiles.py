@@ -33,6 +33,8 @@ class RunConfig:
     dataset_id: str = OFFLINE_DATASET_ID        # Hub id, local file/folder, or the offline default
     train_split: str = "train_prefs"
     eval_split: str = "test_prefs"              # split name or second file; "" or a missing split: carve from train
+    prompt_column: str = ""                     # "" = auto ('prompt', else 'question'); else the prompt's column
+    system_column: str = ""                     # "" = auto ('system' if present); else the system prompt's column
     test_share: float = 0.1                     # share of prompts carved out as the test set if there is no test source
     n_train: int = 1000                         # pairs kept for training after length filtering
     n_validation: int = 100                     # pairs carved from train (by prompt) for the in-training eval in 04

@@ -59,16 +59,17 @@ def scanned_files():
 
 
 def test_placeholder_list_covers_the_known_placeholder():
-    assert any(KNOWN_PLACEHOLDER in url for url in colab.PLACEHOLDER_URLS)
-    assert colab.is_placeholder(f"https://github.com/{KNOWN_PLACEHOLDER}.git/")
+    tool = load_tool()
+    assert any(KNOWN_PLACEHOLDER in url for url in tool.PLACEHOLDER_URLS)
+    assert tool.is_placeholder(f"https://github.com/{KNOWN_PLACEHOLDER}.git/")
 
 
 @pytest.mark.parametrize("path", scanned_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_placeholder_never_appears_as_a_clone_or_install_source(path):
     text = path.read_text()
-    if path == ROOT / "helpers" / "colab.py":  # its PLACEHOLDER_URLS list is the one allowed mention
+    if path == TOOL:  # its PLACEHOLDER_URLS list is the one allowed mention
         text = re.sub(r"^PLACEHOLDER_URLS = \(.*?^\)", "", text, count=1, flags=re.S | re.M)
-    owner_repos = {KNOWN_PLACEHOLDER} | {u.removeprefix("https://github.com/") for u in colab.PLACEHOLDER_URLS}
+    owner_repos = {KNOWN_PLACEHOLDER} | {u.removeprefix("https://github.com/") for u in load_tool().PLACEHOLDER_URLS}
     for owner_repo in owner_repos:
         hits = text.lower().count(owner_repo.lower())
         assert hits == 0, f"{path.name} still points at the placeholder {owner_repo} ({hits} times)"
@@ -76,23 +77,29 @@ def test_placeholder_never_appears_as_a_clone_or_install_source(path):
 
 # ---- one URL, the same everywhere -------------------------------------------------------------------------------
 
-def test_module_url_is_unset_or_a_trusted_github_url():
-    assert colab.REPO_URL == "" or colab.GITHUB_URL.fullmatch(colab.REPO_URL)
-    assert not colab.is_placeholder(colab.REPO_URL)
+def course_url() -> str:
+    """The REPO_URL every notebook's first cell holds (the same in all: checked below)."""
+    return repo_url_literals(first_code_cell(NOTEBOOKS[0]))[0]
+
+
+def test_course_url_is_unset_or_a_trusted_github_url():
+    tool = load_tool()
+    assert course_url() == "" or tool.GITHUB_URL.fullmatch(course_url())
+    assert not tool.is_placeholder(course_url())
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_repo_url_line_equals_helpers_colab(path):
-    assert repo_url_literals(first_code_cell(path)) == [colab.REPO_URL], (
-        f"{path.name}: the first cell's REPO_URL line must equal helpers/colab.py's REPO_URL "
+def test_every_notebook_has_the_same_repo_url_line(path):
+    assert repo_url_literals(first_code_cell(path)) == [course_url()], (
+        f"{path.name}: the first cell's REPO_URL line must equal {NOTEBOOKS[0].name}'s "
         "(paste the shared setup cell; change the URL only with tools/set_repo_url.py)")
 
 
 def test_readme_colab_links_follow_repo_url():
     readme = (ROOT / "README.md").read_text()
     linked = re.findall(r"colab\.research\.google\.com/github/([^/\s)]+/[^/\s)]+)/blob/", readme)
-    if colab.REPO_URL:
-        assert linked and set(linked) == {colab.REPO_URL.removeprefix("https://github.com/")}
+    if course_url():
+        assert linked and set(linked) == {course_url().removeprefix("https://github.com/")}
     else:  # unset: no badge at all (it could only open someone else's repo); markers show where badges go
         assert not linked, f"README has Colab links to {sorted(set(linked))} while REPO_URL is unset"
         markers = re.findall(r"<!-- colab-badge: (notebooks/[\w.-]+\.ipynb) -->", readme)
@@ -106,6 +113,7 @@ def sandbox(monkeypatch):
     """Environment, sys.path, warnings filters and cwd restored after the cell runs; git/pip fail the test."""
     for name in QUIET:
         monkeypatch.setenv(name, "0")
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.chdir(ROOT / "notebooks")  # where the notebooks run locally (papermill, nbval, Jupyter)
 
@@ -126,6 +134,7 @@ def test_cell_locally_only_makes_helpers_importable_and_quiet(path, sandbox):
     run_cell(first_code_cell(path))
     assert sys.path[0] == str(ROOT)
     assert all(__import__("os").environ[name] == "1" for name in QUIET)
+    assert __import__("os").environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"  # before CUDA starts
 
 
 @pytest.mark.parametrize("url", ["", "https://github.com/<you>/<fork>"])
@@ -213,9 +222,7 @@ def test_colab_requirements_never_install_torch_or_jupyter_or_test_tools():
 @pytest.fixture
 def copy(tmp_path):
     """The files the tool rewrites, copied: README and notebooks are being edited by others, never touched here."""
-    (tmp_path / "helpers").mkdir()
     (tmp_path / "notebooks").mkdir()
-    shutil.copy(ROOT / "helpers" / "colab.py", tmp_path / "helpers" / "colab.py")
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     for path in NOTEBOOKS:
         shutil.copy(path, tmp_path / "notebooks" / path.name)
@@ -227,7 +234,6 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def check_consistent(root: Path, url: str):
-    assert repo_url_literals((root / "helpers" / "colab.py").read_text()) == [url]
     for path in sorted((root / "notebooks").glob("0*.ipynb")):
         text = path.read_text()
         before = (ROOT / "notebooks" / path.name).read_text()
@@ -269,7 +275,7 @@ def test_set_repo_url_turns_unset_markers_into_badges(copy):
 @pytest.mark.parametrize("url", [
     f"https://github.com/{KNOWN_PLACEHOLDER}",
     f"https://github.com/{KNOWN_PLACEHOLDER.upper()}.git",
-    *colab.PLACEHOLDER_URLS,
+    "https://github.com/orpo-qlora-course/orpo-qlora-mistral",
     "https://gitlab.com/someone/orpo-fork",
     "http://github.com/someone/orpo-fork",
     "https://github.com/someone",

@@ -29,7 +29,7 @@ def test_plain_strings_become_conversational():
 
 
 @pytest.mark.parametrize("row, match", [
-    ({"prompt": "x", "chosen": "y"}, "row 3: missing column 'rejected'"),
+    ({"prompt": "x", "chosen": "y"}, "row 3, column 'rejected': expected a string"),
     ({"prompt": "x", "chosen": 5, "rejected": "z"}, "row 3, column 'chosen': expected a string"),
     ({"chosen": "y", "rejected": "z"}, "row 3: no prompt"),
     ({"prompt": "x", "chosen": [{"role": "user", "content": "q"}, {"role": "user", "content": "a"}],
@@ -110,7 +110,7 @@ def test_mostly_bad_rows_or_missing_columns_are_one_clear_error():
                    "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}]
     with pytest.raises(DataError, match=r"3 of 4 rows are unusable.*unknown role\(s\) \['bot'\]"):
         normalize_pairs(Dataset.from_list(bad_roles), source="mine.jsonl")
-    with pytest.raises(DataError, match=r"missing column\(s\) \['rejected'\]"):
+    with pytest.raises(DataError, match=r"no column \['rejected'\]"):
         normalize_pairs(Dataset.from_list([{"prompt": "q", "chosen": "a"}]), source="mine.jsonl")
 
 

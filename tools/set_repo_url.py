@@ -5,7 +5,6 @@
 
 The URL is what every notebook clones on Colab and what the README's "Open in Colab" badges open, so it must be
 a repository whose owner you trust: the course's own public home, or your fork. This rewrites
-  * helpers/colab.py          the `REPO_URL = "..."` line
   * notebooks/0*.ipynb        the `REPO_URL = "..."` line of each notebook's first code cell (nothing else;
                               the JSON is written back nbformat-style: indent=1, sorted keys, trailing newline)
   * README.md                 each Colab badge link (colab.research.google.com/github/<owner>/<repo>/...), and each
@@ -24,8 +23,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from helpers.colab import GITHUB_URL, is_placeholder  # noqa: E402  (the rules live next to REPO_URL)
+# URLs nobody we know owns (whoever registered one would run code in every learner's Colab): never a clone source.
+PLACEHOLDER_URLS = (
+    "https://github.com/orpo-qlora-course/orpo-qlora-mistral",
+)
+GITHUB_URL = re.compile(r"https://github\.com/[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
+
+
+def is_placeholder(url: str) -> bool:
+    """True for a URL known to belong to nobody we trust (compared without case, trailing slash or `.git`)."""
+    def norm(u):
+        u = u.strip().rstrip("/").lower()
+        return u[:-4] if u.endswith(".git") else u
+    return norm(url) in {norm(p) for p in PLACEHOLDER_URLS}
+
 
 REPO_URL_LINE = re.compile(r'^(REPO_URL = )("[^"\n]*"|\'[^\'\n]*\')(.*)$', re.M)
 BADGE_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/([^/\s)]+)/"
@@ -47,7 +58,7 @@ def normalize(url: str) -> str:
         raise UrlError(f"{url!r} is not a GitHub repository URL. Fix: pass https://github.com/<owner>/<repo>, "
                        "the public repository of this course (or your fork of it).")
     if is_placeholder(url):
-        raise UrlError(f"{url!r} is a placeholder that nobody behind this course owns (helpers/colab.py: "
+        raise UrlError(f"{url!r} is a placeholder that nobody behind this course owns (tools/set_repo_url.py: "
                        "PLACEHOLDER_URLS); whoever registers it would run code in every learner's Colab. "
                        "Fix: pass the URL of a repository you control, e.g. your fork.")
     return url
@@ -58,10 +69,6 @@ def _set_line(text: str, url: str, where: str) -> str:
     if len(matches) != 1:
         raise UrlError(f"{where}: expected exactly one `REPO_URL = \"...\"` line, found {len(matches)}")
     return REPO_URL_LINE.sub(lambda m: f"{m.group(1)}{json.dumps(url)}{m.group(3)}", text)
-
-
-def rewrite_module(text: str, url: str) -> str:
-    return _set_line(text, url, "helpers/colab.py")
 
 
 def rewrite_notebook(text: str, url: str, where: str) -> str:
@@ -98,12 +105,11 @@ def rewrite_readme(text: str, url: str, notebooks: list[str]) -> str:
 def set_repo_url(url: str, root: Path) -> list[Path]:
     """Rewrite every place under `root`; returns the files written. Nothing is written if any place fails."""
     url = normalize(url)
-    module = root / "helpers" / "colab.py"
     notebooks = sorted((root / "notebooks").glob("0*.ipynb"))
     readme = root / "README.md"
     if not notebooks:
         raise UrlError(f"no notebooks/0*.ipynb under {root}")
-    new = {module: rewrite_module(module.read_text(), url)}
+    new = {}
     for path in notebooks:
         new[path] = rewrite_notebook(path.read_text(), url, f"notebooks/{path.name}")
     new[readme] = rewrite_readme(readme.read_text(), url, [f"notebooks/{p.name}" for p in notebooks])
