@@ -19,6 +19,8 @@ LoraConfig, ORPOConfig and trainer cells a one-process run executes), not a seco
   trainer's preparation and adapter saving (`prepare_fsdp_qlora`, `save_fsdp_adapter`).
 * A process whose launcher (the kernel) disappears stops itself (`_exit_with_launcher`): a killed notebook never
   leaves N processes training into the run directory.
+* The launched processes inherit the kernel's environment, $ORPO_RUN_LOCK included: their `open_run` is let through
+  the run's lock that the kernel (or the runner above it) holds (helpers.rundir.hold_run); anyone else is refused.
 
 Used by notebook 04 (`num_processes`), tests/test_distributed.py and benchmarks/multi_gpu_scaling.py.
 """
@@ -120,6 +122,7 @@ def launch_training(parameters: dict, num_processes: int, notebook: Path = NOTEB
     """
     with _parameters_file(parameters) as path:
         cmd = launch_command(num_processes, notebook, path, strategy=strategy)
+        # os.environ carries $ORPO_RUN_LOCK, the run lock's token: the processes write the run as this kernel does
         env = {**os.environ, _LAUNCHER_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

@@ -8,21 +8,31 @@ Not imported by the notebooks: it executes them, exactly as a learner's kernel w
 Parameters are validated before any notebook starts; notebook 01 writes them to params.json, and 02-05 read
 them from there. Rerunning an unfinished run resumes it (04 continues from its last checkpoint); a finished
 run is never overwritten unless you pass --overwrite (which archives it).
+
+One writer per run: the runner holds the run's lock (helpers.rundir.hold_run) for the whole series; its kernels
+inherit the lock's token, so their `open_run` passes, while a second runner or a JupyterLab kernel on the same run is
+refused. Ctrl-C stops the kernel (and any processes notebook 04 launched) and prints one line: where the run stopped
+and where the same command will resume (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
 
+import nbformat
 import yaml
 
 from helpers.profiles import PROFILES, ParameterError, choose_profile
-from helpers.rundir import REPO_ROOT, STAGE_DONE, RunDir, open_run, outputs_root
+from helpers.rundir import REPO_ROOT, STAGE_DONE, RunDir, hold_run, open_run, outputs_root, release_run
 
 NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")
 
@@ -100,33 +110,82 @@ def run_series(args: argparse.Namespace) -> int:
     import papermill as pm
 
     overrides = collect_overrides(args)
-    run_name, first_params = validate(args, overrides)
+    run_name, first_params = validate(args, overrides)  # opening the run takes its lock (or says who holds it)
     selected = [nb for nb in NOTEBOOKS if not args.only or nb[:2] in args.only.split(",")]
     run = RunDir(outputs_root() / run_name)
-    run.notebooks.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    print(f"Run directory: outputs/{run_name}/  (profile {first_params['profile']})")
-    done = run.done_stages()
-    for name in selected:
-        params = first_params if name.startswith("01") else {"run_name": run_name}
-        if name[:2] in done:  # a resumed run: this stage finished before the interruption
-            print(f"\n=== {name}: already done ({STAGE_DONE[name[:2]]} exists), skipped ===", flush=True)
-            continue
-        started = time.time()
-        print(f"\n=== {name} ===", flush=True)
-        try:
-            pm.execute_notebook(REPO_ROOT / "notebooks" / f"{name}.ipynb", run.notebooks / f"{name}.ipynb",
-                                parameters=params, kernel_name=args.kernel, progress_bar=False, log_output=True,
-                                cwd=REPO_ROOT / "notebooks")
-        except pm.PapermillExecutionError as err:
-            print(f"\nFAILED: notebooks/{name}.ipynb, cell {err.exec_count} ({err.ename}): {err.evalue}\n"
-                  f"The executed notebook with the traceback: outputs/{run_name}/notebooks/{name}.ipynb",
-                  file=sys.stderr)
-            return 1
-        print(f"=== {name} done in {time.time() - started:.0f} s ===", flush=True)
-    if run.report.exists():
-        print(f"\nReport: outputs/{run_name}/report.md")
-    return 0
+    name = None
+    try:
+        run.notebooks.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        print(f"Run directory: outputs/{run_name}/  (profile {first_params['profile']})")
+        done = run.done_stages()
+        for name in selected:
+            params = first_params if name.startswith("01") else {"run_name": run_name}
+            if name[:2] in done:  # a resumed run: this stage finished before the interruption
+                print(f"\n=== {name}: already done ({STAGE_DONE[name[:2]]} exists), skipped ===", flush=True)
+                continue
+            started = time.time()
+            print(f"\n=== {name} ===", flush=True)
+            hold_run(run, f"{name[:2]} of `python -m runner`")  # the lock's record names the notebook running
+            try:
+                pm.execute_notebook(REPO_ROOT / "notebooks" / f"{name}.ipynb", run.notebooks / f"{name}.ipynb",
+                                    parameters=params, kernel_name=args.kernel, progress_bar=False, log_output=True,
+                                    cwd=REPO_ROOT / "notebooks")
+            except pm.PapermillExecutionError as err:
+                print(f"\nFAILED: notebooks/{name}.ipynb, cell {err.exec_count} ({err.ename}): {err.evalue}\n"
+                      f"The executed notebook with the traceback: outputs/{run_name}/notebooks/{name}.ipynb",
+                      file=sys.stderr)
+                return 1
+            print(f"=== {name} done in {time.time() - started:.0f} s ===", flush=True)
+        if run.report.exists():
+            print(f"\nReport: outputs/{run_name}/report.md")
+        return 0
+    except KeyboardInterrupt:
+        print(interruption(run, name), file=sys.stderr, flush=True)
+        return 130
+    finally:
+        release_run(run)
+
+
+def stop_children() -> None:
+    """SIGKILL every process the runner started (the kernel, the processes notebook 04 launched), as a preemption
+    would: at once and without their clean-up output. The run directory keeps its last complete checkpoint."""
+    import psutil  # installed with accelerate
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(children, timeout=30)
+
+
+def on_ctrl_c(signum, frame) -> None:
+    """SIGINT: stop the kernel first (papermill would shut it down mid-cell, printing its tracebacks), then let
+    KeyboardInterrupt unwind the runner. A second Ctrl-C during that is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_children()
+    raise KeyboardInterrupt
+
+
+def interruption(run: RunDir, name: str | None) -> str:
+    """The one line a Ctrl-C prints: where the run stopped, and what the same command does next."""
+    if name is None or name[:2] in run.done_stages():
+        return "Interrupted between notebooks; the same command goes on with the next one."
+    if not name.startswith("04"):
+        return f"Interrupted in {name}; the same command runs it again (the finished notebooks are skipped)."
+    executed = run.notebooks / f"{name}.ipynb"  # papermill writes it as the cells run, and on the interruption
+    text = "".join(str(out.get("text", "")) for cell in nbformat.read(executed, as_version=4).cells
+                   for out in cell.get("outputs", [])) if executed.exists() else ""
+    steps = re.findall(r"^step +(\d+)/", text, flags=re.MULTILINE)  # helpers.modeling.PlainProgress's lines
+    logging.disable(logging.CRITICAL)  # what importing it logs (bitsandbytes' kernel notes): one line is the point
+    with contextlib.redirect_stdout(io.StringIO()):  # its notes on skipped incomplete checkpoints
+        from helpers.modeling import latest_valid_checkpoint
+
+        checkpoint = latest_valid_checkpoint(run.checkpoints)
+    logging.disable(logging.NOTSET)
+    at = f"at step {steps[-1]}" if steps else "before its first logged step"
+    then = f"resumes from {Path(checkpoint).name}" if checkpoint else "restarts training (no complete checkpoint yet)"
+    return f"Interrupted in {name} {at}; the same command {then}."
 
 
 def main(argv=None) -> int:
@@ -136,8 +195,16 @@ def main(argv=None) -> int:
     for noisy in ("papermill.translators", "traitlets", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # not when started with SIGINT ignored (nohup, a `&` job in a script)
+        signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         return run_series(args)
     except (ParameterError, FileExistsError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before any notebook started
+        print("Interrupted before the first notebook; the same command starts again.", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -44,3 +44,32 @@ def kill_like_a_preemption(proc) -> None:
             pass
     psutil.wait_procs(victims, timeout=30)
     proc.wait()
+
+
+def start_in_a_terminal_until(command: list[str], marker: Path, timeout: float = 900) -> subprocess.Popen:
+    """`start_until`, but started as a terminal starts a foreground command: SIGINT at its default (a process started
+    from a script's `&` job, or from a parent that ignores SIGINT, would ignore it: PITFALLS 42) and in a process group
+    of its own, to which the test sends SIGINT as a terminal's Ctrl-C does (`os.killpg`)."""
+    import signal
+
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=os.environ.copy(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    ended = proc.poll() is not None
+    assert marker.exists(), proc.stdout.read()[-3000:] if ended else f"no {marker.parent.name} appeared"
+    return proc
+
+
+def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """The processes of `processes` that still run (a zombie waiting for its parent to read its status does not)."""
+    alive = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive

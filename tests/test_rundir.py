@@ -166,3 +166,16 @@ def test_overrides_before_their_stage_ran_are_recorded(outputs):
     _finish(run, "02", "03")
     cfg, _ = open_run("fresh", overrides={"beta": 0.2}, stage="04")
     assert cfg.beta == 0.2 and json.loads(run.params.read_text())["beta"] == 0.2
+
+
+def test_a_run_started_before_a_parameter_existed_reopens_with_its_default(outputs):
+    """A course update that adds a parameter must not make an unfinished run look changed (its params.json lacks
+    the new field, whose default is what that run used)."""
+    cfg, run = open_run("older", start=True)
+    stored = json.loads(run.params.read_text())
+    stored.pop("prompt_column")
+    run.params.write_text(json.dumps(stored))
+    cfg, run = open_run("older", start=True)  # no "other parameters" error
+    assert cfg.prompt_column == ""
+    with pytest.raises(FileExistsError, match="other parameters"):
+        open_run("older", start=True, overrides={"prompt_column": "question"})

@@ -77,3 +77,30 @@ def test_yaml_file_accepts_exponents_without_a_dot(tmp_path, outputs):
     params.write_text("learning_rate: 1e-3\nbeta: 2e-1\nfast_orpo_trainer: true\n")
     cfg = resolve_config("tiny", runner.collect_overrides(runner.parse_args(["-f", str(params)])))
     assert (cfg.learning_rate, cfg.beta, cfg.fast_orpo_trainer) == (1e-3, 0.2, True)
+
+
+def test_ctrl_c_says_in_one_line_where_the_run_stopped_and_what_the_same_command_does(outputs, capsys):
+    import nbformat
+
+    from helpers.rundir import RunDir
+
+    run = RunDir(outputs / "r")
+    assert runner.interruption(run, "02_data_preparation") == ("Interrupted in 02_data_preparation; the same command "
+                                                               "runs it again (the finished notebooks are skipped).")
+    assert runner.interruption(run, "04_orpo_training") == ("Interrupted in 04_orpo_training before its first logged "
+                                                            "step; the same command restarts training (no complete "
+                                                            "checkpoint yet).")
+    logged = "step     1/60  loss=0.7\nstep    30/60  loss=0.5\n"  # helpers.modeling.PlainProgress's lines
+    progress = nbformat.v4.new_output("stream", name="stdout", text=logged)
+    run.notebooks.mkdir(parents=True)  # what papermill has written of the executed notebook when the Ctrl-C came
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("train()", outputs=[progress])]),
+                   run.notebooks / "04_orpo_training.ipynb")
+    for step in (20, 40):
+        (run.checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        (run.checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (run.checkpoints / "checkpoint-20" / "adapter_model.safetensors").write_bytes(b"x")  # 40: cut short by the kill
+    assert runner.interruption(run, "04_orpo_training") == ("Interrupted in 04_orpo_training at step 30; the same "
+                                                            "command resumes from checkpoint-20.")
+    assert capsys.readouterr().out == "", "one line: the notes on skipped checkpoints stay unsaid"
+    write_json(run.train_summary, {})
+    assert runner.interruption(run, "04_orpo_training").startswith("Interrupted between notebooks;")
