@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -48,10 +49,15 @@ def run_profile(profile: str, model_dir: Path, outputs: Path, timeout_s: float) 
     env = {**os.environ, **PROFILE_ENV.get(profile, {}), "ORPO_OUTPUTS_DIR": str(outputs),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)  # its own process group: a timeout stops its kernel too
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as err:  # recorded as a failed profile; the next profile still runs
-        proc = subprocess.CompletedProcess(cmd, -9, str(err.stdout or ""), f"{err.stderr or ''}\ntimed out")
+        out, err = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:  # recorded as a failed profile; the next profile still runs
+        os.killpg(child.pid, signal.SIGKILL)
+        out, err = child.communicate()
+        err += "\ntimed out"
+    proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     record = {"command": " ".join(cmd[1:]), "returncode": proc.returncode,
               "seconds": round(time.perf_counter() - started, 1)}
     run = outputs / run_name

@@ -2,11 +2,11 @@
 
 Mistral-7B-v0.1 is a *base* model without a chat template, so we set `CHAT_TEMPLATE`: plain text plus the existing
 BOS/EOS, so QLoRA never resizes embeddings. A model with its own template keeps it, and `check_for_trl` checks it on
-the tokens TRL will build (`trl_tokens` mirrors trl 1.16's `ORPOTrainer.tokenize_row`).
-"""
+the tokens TRL will build (`trl_tokens` mirrors trl 1.16's `ORPOTrainer.tokenize_row`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 # Explicit {{ '\n' }} pieces: Jinja's trim_blocks eats a literal newline after a {% ... %} tag. EOS follows the
@@ -65,24 +65,20 @@ def fold_system_turn(example: dict) -> dict:
     if not prompt or prompt[0]["role"] != "system":
         return example
     system, rest = prompt[0]["content"], list(prompt[1:])
-    for i, message in enumerate(rest):
-        if message["role"] == "user":
-            rest[i] = {"role": "user", "content": f"{system}\n\n{message['content']}"}
-            break
-    else:
+    user = next((i for i, message in enumerate(rest) if message["role"] == "user"), None)
+    if user is None:
         rest.insert(0, {"role": "user", "content": system})
+    else:
+        rest[user] = {"role": "user", "content": f"{system}\n\n{rest[user]['content']}"}
     return {**example, "prompt": rest}
 
 
 def prompt_and_answer_texts(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[str, str]:
-    """The two strings TRL tokenizes (trl.data_utils.apply_chat_template): the prompt, rendered with the generation
-    prompt and cut to its common prefix with prompt+answer (DeepSeek-R1-style templates differ there), and the
-    rest of prompt+answer."""
+    """The two strings TRL tokenizes (trl.data_utils.apply_chat_template): the prompt rendered with the generation
+    prompt, cut to its common prefix with prompt+answer (DeepSeek-R1-style templates differ there), and the rest."""
     gen = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
-    n = 0
-    while n < min(len(gen), len(full)) and gen[n] == full[n]:
-        n += 1
+    n = len(os.path.commonprefix([gen, full]))
     return full[:n], full[n:]
 
 
@@ -105,9 +101,8 @@ def trl_tokens(tokenizer, prompt_text: str, answer_text: str, full_ids=None, pro
 
 
 def check_for_trl(tokenizer, example: dict, answer: str = "chosen") -> tuple[list[int], int]:
-    """Check one pair the way ORPOTrainer will tokenize it; return (ids, prompt length) or raise ONE clear error.
-    What TRL needs, and nothing more: an EOS token; no double BOS; the prompt's tokens a prefix of prompt + answer
-    (but for a merged last token, as TRL allows); the answer's text in the answer tokens."""
+    """Check one pair the way ORPOTrainer will tokenize it; return (ids, prompt length) or raise ONE clear error
+    (what TRL needs, and nothing more: see docs/design-decisions.md)."""
     fix = ("Fix: set a template that fits (tokenizer.chat_template = helpers.chat.CHAT_TEMPLATE works for any "
            "tokenizer with BOS/EOS), or pick the model's chat/instruct variant.")
     if tokenizer.eos_token_id is None:

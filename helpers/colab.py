@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .environment import installed_version
+
 REQUIREMENTS = "requirements-colab.txt"
 # Never installed on Colab: its own CUDA torch and the running kernel's Jupyter/test stack stay as they are.
 NEVER_INSTALL = ("torch", "ipykernel", "jupyterlab", "jupyter", "notebook", "pytest", "nbval", "papermill")
@@ -24,25 +26,13 @@ QUIET_ENV = ("TRL_EXPERIMENTAL_SILENCE",            # ORPO lives in trl.experime
 
 def requirement_names(path: Path) -> list[str]:
     """The distribution names a requirements file installs (lower case; comments and options ignored)."""
-    names = []
-    for line in Path(path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-"):
-            names.append(re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].lower().replace("_", "-"))
-    return names
-
-
-def _installed_version(name: str) -> str | None:
-    import importlib.metadata
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    lines = [line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines()]
+    return [re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].lower().replace("_", "-")
+            for line in lines if line and not line.startswith("-")]
 
 
 def setup(clone: str | Path | None) -> None:
-    """The first cell's call. None (not on Colab): nothing is installed; the libraries are quieted. A folder (Colab,
-    the course's fresh clone): `setup_colab(clone)` installs the pins and moves into its notebooks/ first."""
+    """The first cell's call: `clone` is None locally (only quiets the libraries), the fresh clone on Colab."""
     import warnings
 
     if clone is not None:
@@ -64,8 +54,8 @@ def setup_colab(repo_dir: str | Path) -> None:
     if forbidden:
         raise RuntimeError(f"{requirements} lists {forbidden}, which must never be installed on Colab. "
                            f"Fix: remove them from {REQUIREMENTS} (Colab ships its own).")
-    torch_version = _installed_version("torch")
-    imported = {name: _installed_version(name) for name in requirement_names(requirements)
+    torch_version = installed_version("torch")
+    imported = {name: installed_version(name) for name in requirement_names(requirements)
                 if name.replace("-", "_") in sys.modules}
     print(f"Installing {REQUIREMENTS} (torch stays at {torch_version or 'whatever is installed'}) ...")
     with tempfile.TemporaryDirectory(prefix="colab-setup-") as tmp:
@@ -74,7 +64,7 @@ def setup_colab(repo_dir: str | Path) -> None:
             (Path(tmp) / "constraints.txt").write_text(f"torch=={torch_version}\n")
             command += ["-c", str(Path(tmp) / "constraints.txt")]
         subprocess.run(command, check=True)
-    stale = sorted(name for name, version in imported.items() if _installed_version(name) != version)
+    stale = sorted(name for name, version in imported.items() if installed_version(name) != version)
     if stale:  # the kernel still runs the old code of these; restarting is your call, never done behind your back
         print(f"Note: {stale} were already imported and have just changed version: restart the session "
               "(Runtime > Restart session) and run the notebook from the top.")

@@ -1,16 +1,15 @@
 """Loading, normalizing, measuring and filtering preference pairs (notebook 02; 05 reads what 02 saved).
 
-One format leaves this module: TRL's *conversational, explicit prompt* format,
-    prompt   = [{"role": "system"?...}, {"role": "user", "content": ...}]
-    chosen   = [{"role": "assistant", "content": ...}]
-    rejected = [{"role": "assistant", "content": ...}]
-so ORPOTrainer applies the chat template exactly once (applying it yourself AND letting TRL do it doubles it)."""
+One format leaves this module: TRL's *conversational, explicit prompt* format (prompt = an optional system message
+and the user's, chosen / rejected = one assistant message each), so ORPOTrainer applies the chat template exactly
+once (applying it yourself AND letting TRL do it doubles it)."""
 
 from __future__ import annotations
 
 import random
 import re
 from collections import Counter
+from itertools import accumulate
 from pathlib import Path
 
 from .chat import prompt_and_answer_texts, trl_tokens
@@ -19,6 +18,8 @@ from offline_default.tasks import instance_key
 
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 ROLES = {"system", "user", "assistant"}
+HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ?")  # Anthropic HH-RLHF: "\n\nHuman: ...\n\nAssistant: ..."
+MAX_BAD_SHARE = 0.5  # above this, the data is more likely in the wrong format than a little dirty
 
 
 class DataError(ValueError):
@@ -52,10 +53,9 @@ def load_preference_split(dataset_id: str, split: str, *, seed: int = 0):
 
 
 def load_preference_sources(dataset_id: str, train_split: str, eval_split: str, *, seed: int = 0):
-    """(train, test or None, a sentence saying where each came from) for notebook 02.
-
-    The test source is the split `eval_split` (UltraFeedback: `test_prefs`), or the second file it names. Without
-    one, notebook 02 carves a held-out set from train by prompt (`carve_by_prompt`), so no prompt is in both."""
+    """(train, test or None, a sentence saying where each came from) for notebook 02. The test source is the split
+    `eval_split` (UltraFeedback: `test_prefs`) or the second file it names; without one, notebook 02 carves a
+    held-out set from train by prompt (`carve_by_prompt`)."""
     eval_path = Path(eval_split).expanduser() if eval_split else None
     if eval_path is not None and eval_path.suffix in LOCAL_SUFFIXES and not eval_path.is_file():
         raise DataError(f"eval_split {eval_split!r} looks like a file but does not exist. Fix: the path of a second "
@@ -110,9 +110,7 @@ def split_key(prompt: list[dict]) -> str:
 def carve_by_prompt(dataset, *, seed: int, share: float | None = None, n_pairs: int | None = None,
                     what: str = "held-out"):
     """Split `dataset` into (rest, carved) with no prompt (`split_key`) in both; deterministic from `seed` (02).
-
-    `share`: that fraction of the distinct prompts; `n_pairs`: whole prompts until at least that many pairs (at most
-    half of the prompts)."""
+    `share`: that fraction of the prompts; `n_pairs`: whole prompts until at least that many pairs (at most half)."""
     keys = [split_key(p) for p in dataset["prompt"]]
     distinct = sorted(set(keys))
     if len(distinct) < 2:
@@ -121,13 +119,10 @@ def carve_by_prompt(dataset, *, seed: int, share: float | None = None, n_pairs: 
     random.Random(seed).shuffle(distinct)
     if share is not None:
         take = distinct[:min(len(distinct) - 1, max(1, round(share * len(distinct))))]
-    else:
-        per_key, take, count = Counter(keys), [], 0
-        for key in distinct[:max(1, len(distinct) // 2)]:
-            if count >= n_pairs:
-                break
-            take.append(key)
-            count += per_key[key]
+    else:  # whole prompts while fewer than n_pairs pairs are taken
+        per_key, candidates = Counter(keys), distinct[:max(1, len(distinct) // 2)]
+        taken_before = accumulate((per_key[key] for key in candidates), initial=0)
+        take = [key for key, count in zip(candidates, taken_before) if count < n_pairs]
     taken = set(take)
     return (dataset.select([i for i, k in enumerate(keys) if k not in taken]),
             dataset.select([i for i, k in enumerate(keys) if k in taken]))
@@ -189,17 +184,13 @@ def _load_from_hub(dataset_id: str, split: str):
 def _as_messages(value, role: str, where: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and {"role", "content"} <= set(m)
-                                                 for m in value):
+    if isinstance(value, list) and value and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
         unknown = sorted({str(m["role"]) for m in value} - ROLES)
         if unknown:
             raise DataError(f"{where}: unknown role(s) {unknown}. Fix: use {sorted(ROLES)}.")
         return [{"role": m["role"], "content": m["content"]} for m in value]
     raise DataError(f"{where}: expected a string or a list of {{role, content}} messages, got "
                     f"{type(value).__name__}. Fix: use UltraFeedback's schema or plain strings.")
-
-
-HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ?")  # Anthropic HH-RLHF: "\n\nHuman: ...\n\nAssistant: ..."
 
 
 def _transcript(text, where: str) -> list[dict]:
@@ -266,9 +257,6 @@ def preference_format(dataset, source: str = "data", prompt_column: str = "", sy
     return dict(prompt_column=prompt, system_column=system, transcripts=transcripts), line
 
 
-MAX_BAD_SHARE = 0.5  # above this, the data is more likely in the wrong format than a little dirty
-
-
 def normalize_pairs(dataset, source: str, *, prompt_column: str = "", system_column: str = ""):
     """Map the columns (`preference_format`), validate every row and convert it to the explicit-prompt format
     (notebook 02); returns (dataset, report). Bad *rows* (wrong types or roles, empty answers, chosen == rejected)
@@ -332,9 +320,8 @@ def mark_prompt_and_answer(example: dict, tokenizer, answer: str = "chosen") -> 
 def drop_overlong(dataset, max_length: int):
     """Split a dataset with length columns into (kept, dropped) at `max_length` (prompt + longer answer), notebook 02.
     Dropped, not truncated: TRL can cut an answer to zero tokens, whose mean log-prob is 0/0 = NaN."""
-    kept = dataset.filter(lambda row: row["pair_tokens"] <= max_length)
-    dropped = dataset.filter(lambda row: row["pair_tokens"] > max_length)
-    return kept, dropped
+    return (dataset.filter(lambda row: row["pair_tokens"] <= max_length),
+            dataset.filter(lambda row: row["pair_tokens"] > max_length))
 
 
 def subsample(dataset, n: int, seed: int):

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers",
              "papermill", "nbval", "matplotlib", "flash-attn")
+ASSUME_CC_ENV = "ORPO_ASSUME_COMPUTE_CAPABILITY"  # e.g. "7.5": rehearse the T4 decisions on a newer GPU
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,17 @@ class Precision:
     reasons: dict
 
 
+def installed_version(name: str) -> str | None:
+    """A distribution's installed version (None if missing), from package metadata: nothing heavy is imported."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def library_versions() -> dict[str, str | None]:
-    """Installed versions (None if missing), read from package metadata so nothing heavy is imported."""
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-ASSUME_CC_ENV = "ORPO_ASSUME_COMPUTE_CAPABILITY"  # e.g. "7.5": rehearse the T4 decisions on a newer GPU
+    """Python's version and the installed versions of LIBRARIES (None if missing)."""
+    return {"python": platform.python_version(), **{name: installed_version(name) for name in LIBRARIES}}
 
 
 def probe_hardware() -> Hardware:

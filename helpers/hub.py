@@ -39,8 +39,7 @@ def check_hub_access(repo_id: str, repo_type: str = "model") -> None:
         raise HubAccessError(f"{repo_id} was not found on the Hub (a typo, or private without a token). "
                              f"{FIX}") from None
     except Exception as err:  # offline mode, DNS, proxy, timeout: all mean "no Hub here"
-        raise HubAccessError(f"Cannot reach the Hugging Face Hub for {repo_id} ({type(err).__name__}). "
-                             f"{FIX}") from None
+        raise HubAccessError(f"Cannot reach the Hugging Face Hub for {repo_id} ({type(err).__name__}). {FIX}") from None
 
 
 @contextmanager

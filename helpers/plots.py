@@ -2,16 +2,8 @@
 
 Each figure function saves a PNG (given a path) and returns the open Figure, for the notebook to display. Each
 describe_* function returns a plain-English paragraph for under the figure, stating only what its numbers show.
-
-ORPO's logged metrics (TRL 1.16, `trl.experimental.orpo`; `eval_` + the same names for evaluation):
-  loss                  nll_loss - beta x log_odds_ratio (the total ORPO loss)
-  nll_loss              cross-entropy over prompt + chosen tokens (the SFT part of ORPO; TRL includes the prompt)
-  log_odds_ratio        mean log sigmoid(log-odds), log-odds = log odds(chosen) - log odds(rejected); always < 0.
-                        The loss ADDS the positive odds-ratio term  beta x (-log_odds_ratio), plotted on a log scale.
-  log_odds_chosen       the mean log-odds itself (> 0 once chosen is the more likely answer)
-  rewards/chosen|rejected  beta x mean token log-prob of each answer (<= 0; NOT DPO's implicit rewards)
-  rewards/margins       chosen - rejected;  rewards/accuracies  share of pairs with chosen > rejected
-"""
+ORPO's logged metrics (TRL's `loss`, `nll_loss`, `log_odds_ratio`, `rewards/...`) are explained in
+docs/design-decisions.md ("Notes moved from helpers/ docstrings")."""
 
 from __future__ import annotations
 
@@ -26,6 +18,7 @@ from matplotlib.ticker import PercentFormatter
 OR_TERM_LABEL = "β·(−mean log σ(log-odds))"  # the odds-ratio term the ORPO loss adds (positive)
 TITLE_PT, LABEL_PT, TICK_PT, LEGEND_PT = 10, 10, 9, 9
 BLUE, ORANGE, GREEN, RED, GREY = "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8c8c8c"
+TRAIN_LINE, EVAL_DOTS = dict(linewidth=1.6), dict(marker="o", markersize=4, linestyle="--", linewidth=1.2)
 _FULL = 1 - 1e-6  # an accuracy logged as 0.99999994 is 1.0 in float32
 
 
@@ -71,20 +64,12 @@ def _pct(share: float, digits: int = 1) -> str:
 
 def _with_or_term(history: list[dict], beta: float) -> list[dict]:
     """Copies of the records with `or_term` / `eval_or_term` = beta x (-log_odds_ratio), the term the loss adds."""
-    records = []
-    for record in history:
-        record = dict(record)
+    records = [dict(record) for record in history]
+    for record in records:
         for prefix in ("", "eval_"):
             if _finite(record.get(f"{prefix}log_odds_ratio")):
                 record[f"{prefix}or_term"] = -beta * float(record[f"{prefix}log_odds_ratio"])
-        records.append(record)
     return records
-
-
-def _series(history: list[dict], key: str) -> tuple[list, list]:
-    """(steps, values) of every record holding a finite `key` and a step."""
-    points = [(r["step"], float(r[key])) for r in _records_with(history, key)]
-    return [p[0] for p in points], [p[1] for p in points]
 
 
 def _records_with(records: list[dict], key: str) -> list[dict]:
@@ -170,11 +155,10 @@ def _plot_keys(ax, records: list[dict], keys: list[tuple[str, str, str, str]]) -
     """Per (key, train label, eval label, colour): the train line and the `eval_` + key dots; returns the values."""
     plotted = []
     for key, train_label, eval_label, color in keys:
-        for prefix, label, style in (("", train_label, dict(linewidth=1.6)),
-                                     ("eval_", eval_label, dict(marker="o", markersize=4, linestyle="--",
-                                                                linewidth=1.2))):
-            steps, values = _series(records, prefix + key)
-            if steps:
+        for prefix, label, style in (("", train_label, TRAIN_LINE), ("eval_", eval_label, EVAL_DOTS)):
+            points = [(r["step"], float(r[prefix + key])) for r in _records_with(records, prefix + key)]
+            if points:
+                steps, values = zip(*points)
                 ax.plot(steps, values, color=color, label=label, **style)
                 plotted += values
     if not plotted:
@@ -240,9 +224,8 @@ def describe_training(history: list[dict], beta: float, *, overfit_tolerance: fl
             sentences.append(f"Train loss went from {first['loss']:.3f} at step {_step(first['step'])} to "
                              f"{last['loss']:.3f} at step {_step(last['step'])}.")
         sentences += _accuracy_sentences(train)
-        with_nll = [r for r in train if _finite(r.get("nll_loss")) and float(r["loss"]) > 0]
-        if with_nll:
-            r = with_nll[-1]
+        r = next((rec for rec in reversed(train) if _finite(rec.get("nll_loss")) and float(rec["loss"]) > 0), None)
+        if r is not None:
             share = float(r["nll_loss"]) / float(r["loss"])
             text = (f"At step {_step(r['step'])} the NLL term ({float(r['nll_loss']):.3f}) is "
                     f"{_pct(share, 2 if share > 0.99 else 1)} of the train loss ({float(r['loss']):.3f})")
@@ -257,15 +240,15 @@ def _accuracy_sentences(train: list[dict]) -> list[str]:
     accuracy = [r for r in train if _finite(r.get("rewards/accuracies"))]
     if not accuracy:
         return []
-    full_at = _first_full_accuracy(train)
-    if full_at is not None:
-        text = f"Train reward accuracy first reached 100% at step {_step(full_at)}"
-        after = [r for r in train if r["step"] >= full_at and "or_term" in r]
+    since = _first_full_accuracy(train)
+    if since is not None:
+        text = f"Train reward accuracy first reached 100% at step {_step(since)}"
     else:
         best = max(accuracy, key=lambda r: float(r["rewards/accuracies"]))  # the first of equal maxima
         text = (f"Train reward accuracy never reached 100%; its highest was "
                 f"{_pct(float(best['rewards/accuracies']))} at step {_step(best['step'])}")
-        after = [r for r in train if r["step"] >= best["step"] and "or_term" in r]
+        since = best["step"]
+    after = [r for r in train if r["step"] >= since and "or_term" in r]
     if after:
         largest = max(r["or_term"] for r in after)
         text += (f"; from then on the odds-ratio term {OR_TERM_LABEL} is at most {largest:.2g} and ends at "

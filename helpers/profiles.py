@@ -78,12 +78,10 @@ class RunConfig:
 
 
 # Only the fields that differ from RunConfig's defaults (which ARE the `tiny` profile).
-_GPU_COMMON = dict(
-    model_id=MISTRAL_7B, dataset_id=ULTRAFEEDBACK, max_length=1024, learning_rate=5e-5,
-    lr_scheduler_type="cosine", warmup_ratio=0.1, max_steps=-1, eval_steps=100, logging_steps=10,
-    save_steps=100, eval_batch_size=8, max_new_tokens=128, n_generation_examples=4, gradient_checkpointing=True,
-    fast_orpo_trainer=True, n_validation=200,
-)
+_GPU_COMMON = dict(model_id=MISTRAL_7B, dataset_id=ULTRAFEEDBACK, max_length=1024, learning_rate=5e-5,
+                   lr_scheduler_type="cosine", warmup_ratio=0.1, max_steps=-1, eval_steps=100, logging_steps=10,
+                   save_steps=100, eval_batch_size=8, max_new_tokens=128, n_generation_examples=4,
+                   gradient_checkpointing=True, fast_orpo_trainer=True, n_validation=200)
 # Batch sizes, checkpointing and optimizer per GPU: how h100's were measured is in engine/README.md ("How the h100
 # profile was sized"); t4 needs ~8 GiB of a 16 GB card, a100 (not measured) ~19 GiB with full checkpointing.
 PROFILES: dict[str, dict] = {
@@ -115,28 +113,23 @@ _POSITIVE = ("n_train", "n_validation", "n_eval", "lora_r", "lora_alpha", "learn
              "per_device_train_batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps",
              "save_steps", "eval_batch_size", "max_new_tokens")
 _MIN_MAX_LENGTH = 16  # below this no prompt + answer fits, not even the offline default's
-
-
 # `optim` values notebook 04 accepts ("auto" is resolved there, from the device and the number of processes)
 OPTIMIZERS = ("auto", "paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused")
-
-_TRUE, _FALSE = ("true",), ("false",)  # any case; "yes"/"1" stay errors: too easy to mistype
+FSDP_NEEDS_GPUS = ("Parameter `distributed` = 'fsdp' with num_processes > 1 needs GPUs: accelerate's FSDP has no CPU "
+                   "backend (it stops with 'no available devices' after the model is loaded). Fix: `-p distributed "
+                   "ddp` (on a CPU, N gloo processes rehearse the multi-GPU path) or `-p num_processes 1`.")
 
 
 def _from_text(value: str, expected: type):
     """A value typed as text (`-p learning_rate 1e-3`, YAML's `1e-3`, `true`) read as `expected`, as papermill would.
     Text that does not convert is returned unchanged, and `_check_type` rejects it with the parameter's name."""
     text = value.strip()
+    if expected is bool:  # true / false in any case; "yes"/"1" stay errors: too easy to mistype
+        return {"true": True, "false": False}.get(text.lower(), value)
     try:
-        if expected is float:
-            return float(text)
-        if expected is int:
-            return int(text)
+        return expected(text) if expected in (int, float) else value
     except ValueError:
         return value
-    if expected is bool and text.lower() in _TRUE + _FALSE:
-        return text.lower() in _TRUE
-    return value
 
 
 def _check_type(name: str, value, expected: type):
@@ -148,11 +141,10 @@ def _check_type(name: str, value, expected: type):
         return int(value)  # `-p n_train 2e3` or a YAML `1000.0`: a whole number is a whole number
     if expected is bool and not isinstance(value, bool) or expected is not bool and isinstance(value, bool):
         raise ParameterError(f"Parameter `{name}` must be {expected.__name__}, got {value!r}. Fix: pass e.g. "
-                             f"`-p {name} {RunConfig.__dataclass_fields__[name].default!r}`.")
+                             f"`-p {name} {getattr(RunConfig, name)!r}`.")
     if not isinstance(value, expected):
         raise ParameterError(f"Parameter `{name}` must be {expected.__name__}, got {type(value).__name__} "
-                             f"{value!r}. Fix: pass a {expected.__name__}, e.g. "
-                             f"`{name}={RunConfig.__dataclass_fields__[name].default!r}`.")
+                             f"{value!r}. Fix: pass a {expected.__name__}, e.g. `{name}={getattr(RunConfig, name)!r}`.")
     return value
 
 
@@ -166,11 +158,11 @@ def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_
         print(f"profile='auto' chose {profile!r}: {why}")
     if profile not in PROFILES:
         raise ParameterError(f"Unknown profile {profile!r}. Fix: use one of {sorted(PROFILES) + ['auto']}.")
-    known = {f.name for f in fields(RunConfig)}
-    unknown = sorted(set(overrides) - known)
+    types = {f.name: f.type for f in fields(RunConfig)}
+    unknown = sorted(set(overrides) - set(types))
     if unknown:
         raise ParameterError(f"Unknown parameter(s) {unknown}. Fix: check the spelling; known parameters are "
-                             f"{sorted(known)}.")
+                             f"{sorted(types)}.")
     if profile in GPU_PROFILES and has_gpu is False:
         raise ParameterError(f"Profile {profile!r} needs a CUDA GPU and none was found. Fix: use `profile=tiny` "
                              "(runs on any CPU) or `profile=auto`, or run on a GPU machine.")
@@ -179,7 +171,6 @@ def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_
             raise ParameterError(f"Parameter `{name}` looks like a Hugging Face token. Never pass a token as a "
                                  "parameter: set HF_TOKEN in the environment or run `huggingface-cli login`.")
     values = {**PROFILES[profile], **overrides, "profile": profile}
-    types = {f.name: f.type for f in fields(RunConfig)}
     for name, value in values.items():
         if name == "num_processes" and isinstance(value, str) and value.strip().lower() == "auto":
             values[name] = "auto"  # the one parameter that takes a word or a number: resolved by notebook 04
@@ -197,11 +188,6 @@ def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_
     if has_gpu is False and cfg.distributed == "fsdp" and cfg.num_processes not in (1, "auto"):
         raise ParameterError(FSDP_NEEDS_GPUS)
     return cfg
-
-
-FSDP_NEEDS_GPUS = ("Parameter `distributed` = 'fsdp' with num_processes > 1 needs GPUs: accelerate's FSDP has no CPU "
-                   "backend (it stops with 'no available devices' after the model is loaded). Fix: `-p distributed "
-                   "ddp` (on a CPU, N gloo processes rehearse the multi-GPU path) or `-p num_processes 1`.")
 
 
 def _check_ranges(cfg: RunConfig) -> None:

@@ -4,11 +4,9 @@ Nothing is loaded, so notebook 03 shows Mistral-7B-v0.1's memory rows (`memory_e
 run's own model and `modeling.memory_report`'s measurement, even offline; notebook 04 shows the trainable rows
 (`lora_trainable`) beside `model.print_trainable_parameters()`. For Mistral / Llama-style decoders.
 
-bitsandbytes stores a 4-bit linear weight of n values as a packed weight of ceil(n / 2) bytes (two NF4/FP4 codes per
-byte: the parameter `get_memory_footprint()` counts) plus a `quant_state` it does not count: an absmax scale per
-block of 64 weights (fp32: 0.5 bit per weight; with double quantization a uint8 per block and an fp32 scale per 256
-blocks: 0.127 bit) and code tables. `footprint_4bit_*` reproduces get_memory_footprint, `total_4bit_*` adds the quant
-state. Only decoder linears are quantized; embeddings, norms and lm_head stay in the load dtype (`compute_bytes`)."""
+Only decoder linears are quantized: bitsandbytes packs two 4-bit codes per byte (what `get_memory_footprint()`
+counts, `footprint_4bit_*`) and keeps absmax scales and code tables in a `quant_state` it does not count
+(`total_4bit_*` adds it; details in docs/design-decisions.md). The rest stays in the load dtype (`compute_bytes`)."""
 
 from __future__ import annotations
 
@@ -26,11 +24,9 @@ MISTRAL_7B_CONFIG: dict = {
 }
 
 MISTRAL_7B_NAME = "Mistral-7B-v0.1"
-
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 ALL_PROJECTIONS = ATTENTION_MODULES + MLP_MODULES  # the QLoRA paper's "all linear layers" (peft's "all-linear")
-
 MiB = 2**20
 
 
@@ -114,15 +110,8 @@ def _quant_state_bytes(n: int, *, double_quant: bool, blocksize: int) -> int:
 def memory_estimate(config, *, quant_type: str = "nf4", double_quant: bool = True, blocksize: int = 64,
                     compute_bytes: int = 2) -> dict:
     """Bytes of the 4-bit model as bitsandbytes stores it, against all parameters in 16 bits (notebook 03).
-
-    Everything but the decoder linears (and their biases) stays at `compute_bytes` per parameter (2: bf16/fp16, 4: the
-    fp32 CPU path), plus the RoPE buffers. `quant_type` (nf4 / fp4) changes the values, not the bytes.
-
-    Returns bytes and MiB of footprint_4bit (what `get_memory_footprint()` reports), quant_state (scales and code
-    tables, which it does not count), total_4bit (both) and params_16bit (all parameters at 2 bytes); saving_factor
-    (params_16bit / footprint_4bit, what notebook 03 measures) and bits_per_weight (4.127 NF4 + double quant, 4.5
-    without). Mistral-7B-v0.1 (bf16): footprint 3,828.5 MiB vs 13,812.5 MiB in 16 bits, 3.61x; +105.9 MiB quant state.
-    """
+    `compute_bytes`: 2 (bf16/fp16) or 4 (the fp32 CPU path); `quant_type` changes the values, not the bytes.
+    Mistral-7B-v0.1 (bf16): footprint 3,828.5 MiB vs 13,812.5 MiB in 16 bits, 3.61x; +105.9 MiB quant state."""
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
     if blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
@@ -154,24 +143,17 @@ def memory_estimate(config, *, quant_type: str = "nf4", double_quant: bool = Tru
 def qlora_table(run_config, lora_r: int, target_modules=ALL_PROJECTIONS, *, compute_bytes: int = 2,
                 run_name: str = "this run", **kw) -> str:
     """Aligned text table: this run's model beside Mistral-7B-v0.1, from the configs (03: memory rows, 04: LoRA rows).
-
-    `compute_bytes` is for this run's column only (Mistral-7B's is always bf16); other keywords (quant_type,
-    double_quant, blocksize) go to `memory_estimate` for both columns."""
+    `compute_bytes` is for this run's column only (Mistral-7B's: bf16); other keywords go to `memory_estimate`."""
     columns = []
     for config, cbytes in ((run_config, compute_bytes), (MISTRAL_7B_CONFIG, 2)):
         total = parameter_counts(config)["total"]
         lora = lora_trainable(config, lora_r, target_modules)
         mem = memory_estimate(config, compute_bytes=cbytes, **kw)
         columns.append([f"{total:,}", f"{lora:,}", f"{100 * lora / total:.2f}%",
-                        *(f"{mem[k] / MiB:,.2f}" for k in ("params_16bit_bytes", "footprint_4bit_bytes",
-                                                           "total_4bit_bytes")),
+                        *(f"{mem[f'{k}_bytes'] / MiB:,.2f}" for k in ("params_16bit", "footprint_4bit", "total_4bit")),
                         f"{mem['saving_factor']:.2f}x"])
     labels = ["parameters", f"LoRA trainable (r={lora_r})", "LoRA trainable % of total", "16-bit MiB",
               "4-bit MiB (get_memory_footprint)", "4-bit MiB + quant state", "saving factor (16-bit / 4-bit)"]
-    header = ["", run_name, MISTRAL_7B_NAME]
-    w0 = max(map(len, labels))
-    w1 = max(len(header[1]), *(len(v) for v in columns[0]))
-    w2 = max(len(header[2]), *(len(v) for v in columns[1]))
-    lines = [f"{header[0]:<{w0}}  {header[1]:>{w1}}  {header[2]:>{w2}}"]
-    lines += [f"{label:<{w0}}  {a:>{w1}}  {b:>{w2}}" for label, a, b in zip(labels, *columns)]
-    return "\n".join(lines)
+    rows = [("", run_name, MISTRAL_7B_NAME), *zip(labels, *columns)]
+    w0, w1, w2 = (max(map(len, column)) for column in zip(*rows))
+    return "\n".join(f"{label:<{w0}}  {a:>{w1}}  {b:>{w2}}" for label, a, b in rows)

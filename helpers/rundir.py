@@ -145,7 +145,6 @@ def open_run(run_name: str, profile: str | None = None, overrides: dict | None =
              overwrite: bool = False, has_gpu: bool | None = None, compute_capability: tuple[int, int] | None = None,
              stage: str | None = None) -> tuple[RunConfig, RunDir]:
     """Open (or with start=True, create) a run and return its validated config and paths.
-
     start=True (notebook 01, the runner): resolve `profile` + overrides and write params.json; an unfinished run
     re-opens only with the same parameters. start=False (notebooks 02-05, `stage` = the notebook's number): read
     params.json and record non-None overrides, unless outputs of this stage or a later one (or a finished run) were

@@ -50,7 +50,6 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
                       max_batch_tokens: int | None = None, fast: bool = False, share_prompt: bool = False,
                       share_prompt_backend: str = "auto") -> list[float]:
     """Mean per-token log-prob of each answer given its prompt (answer tokens only, EOS included).
-
     Longest first (an out-of-memory shows at once), in batches of at most `max_batch_tokens` padded tokens (default
     4,096; 16,384 for the fast path, which computes logits at answer tokens only) and `batch_size` rows, if given.
     fast / share_prompt: engine.scoring.fast_answer_logps (share_prompt: each prompt computed once for its answers)."""
@@ -95,12 +94,10 @@ def preference_metrics(chosen_logps: list[float], rejected_logps: list[float], b
     # log OR = log odds(chosen) - log odds(rejected), odds = p / (1 - p) with p = exp(mean log-prob). Named as TRL
     # logs them: `log_odds_chosen` = mean log OR, `log_odds_ratio` = mean log sigmoid(log OR) (ORPO's term, <= 0).
     log_or = (chosen - rejected) - (torch.log1p(-chosen.exp()) - torch.log1p(-rejected.exp()))
-    return {"reward_accuracy": (chosen > rejected).float().mean().item(),
-            "mean_margin": margins.mean().item(),
+    return {"reward_accuracy": (chosen > rejected).float().mean().item(), "mean_margin": margins.mean().item(),
             "log_odds_chosen": log_or.mean().item(),
             "log_odds_ratio": torch.nn.functional.logsigmoid(log_or).mean().item(),
-            "mean_chosen_logp": chosen.mean().item(),
-            "mean_rejected_logp": rejected.mean().item(),
+            "mean_chosen_logp": chosen.mean().item(), "mean_rejected_logp": rejected.mean().item(),
             "n_pairs": len(chosen_logps)}
 
 
