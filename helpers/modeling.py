@@ -1,5 +1,5 @@
 """Model-side plumbing: where the model goes and its memory (notebooks 03-05); optimizer choice, one GPU per process,
-checkpoints, progress, throughput and out-of-memory advice (notebook 04)."""
+checkpoints, progress, throughput and out-of-memory advice (notebook 04); a merged model's agreement (notebook 05)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,14 @@ def memory_report(model) -> dict:
             "footprint_4bit_MiB": round(footprint / 2**20, 2),
             "estimate_16bit_MiB": round(params * 2 / 2**20, 2),
             "saving_factor": round(params * 2 / footprint, 2)}
+
+
+def merge_agreement(logps: tuple[list, list], evaluated: tuple[list, list]) -> dict:
+    """Notebook 05: how closely a merged model's held-out (chosen, rejected) mean token log-probs follow those of
+    the evaluated model (4-bit + adapter): share of pairs where both prefer the same answer, largest gap in one."""
+    (c, r), (ec, er) = logps, evaluated
+    same = sum((a > b) == (x > y) for a, b, x, y in zip(c, r, ec, er, strict=True)) / len(c)
+    return {"same_preference_share": same, "max_abs_logp_gap": max(abs(a - b) for a, b in zip(c + r, ec + er))}
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors")

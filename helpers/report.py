@@ -42,5 +42,12 @@ def write_report(run: RunDir, cfg, results: dict) -> None:
         key = name.split()[0]
         task = f"{success[key]:.1%}" if key in success else "n/a"
         lines.append(f"| {name} | {m['reward_accuracy']:.3f} | {m['mean_margin']:.4f} | {task} |")
+    merges = results.get("merge_check") or {}  # notebook 05, section 6
+    lines += ["", "## Merged models, against the evaluated 4-bit + adapter", ""] if merges else []
+    for name, m in merges.items():
+        task = "n/a" if m["task_success"] is None else f"{m['task_success']:.1%}"
+        lines.append(f"- `merged-{name}/`: same preferred answer on {m['same_preference_share']:.1%} of pairs, "
+                     f"largest mean log-prob gap {m['max_abs_logp_gap']:.3g}, reward accuracy "
+                     f"{m['reward_accuracy']:.3f}, task success {task}.")
     lines += ["", "Figures: `figures/lengths.png`, `figures/training_curves.png`, `figures/margins.png`.", ""]
     run.report.write_text("\n".join(lines))

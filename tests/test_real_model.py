@@ -54,10 +54,13 @@ def test_training_moved_held_out_reward_accuracy(smol_run):
     assert sorted({r["step"] for r in records if "eval_loss" in r}) == [10, 20]
 
 
-def test_merged_model_reproduces_the_tuned_models_preferences(smol_run):
-    """NF4 -> 16-bit merge is not exact (the adapter was trained on NF4-rounded weights): notebook 05 measures how
-    close; on this model the merged model must prefer the same answer as the tuned one on >= 80% of pairs
-    (measured 88% in CI: the NF4 rounding the adapter was trained on is gone after the merge)."""
+def test_merged_models_against_the_tuned_model(smol_run):
+    """Notebook 05 merges two ways and compares each with the evaluated 4-bit + adapter model (tests/test_merge.py
+    asserts the fp32 targets). Into the dequantized NF4 base: the evaluated model up to rounding (fp32 4-bit kernels:
+    100%, gap 1e-5; a CPU with AVX512-BF16, where bitsandbytes evaluates 4-bit layers in bf16: 96.7%, gap 0.039).
+    Into the original 16-bit base: not the weights the adapter learned on (measured 88% to 93%, gap up to ~1.6)."""
     check = json.loads((smol_run / "eval.json").read_text())["merge_check"]
-    assert check["same_preference_share"] >= 0.8, check  # measured 0.88 (CI) to 0.9+; gap up to ~1.4 nats
-    assert (smol_run / "merged" / "config.json").exists()
+    deq, full = check["dequantized"], check["16bit"]
+    assert deq["same_preference_share"] >= 0.95 and deq["max_abs_logp_gap"] <= 0.15, check
+    assert full["same_preference_share"] >= 0.8, check
+    assert all((smol_run / folder / "config.json").exists() for folder in ("merged-dequantized", "merged-16bit"))
