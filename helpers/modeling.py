@@ -130,6 +130,8 @@ class Throughput(TrainerCallback):
                         "steady_tokens_per_second": round(steady, 1) if steady else None,
                         "steady_steps_timed": max(len(timed) - 1, 0),
                         "peak_gpu_memory_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                        if torch.cuda.is_available() else None,  # and what torch's cache held (fragmentation):
+                        "peak_gpu_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2)
                         if torch.cuda.is_available() else None}
 
 
