@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-SETTINGS = {"n_train": 160, "n_validation": 16, "n_eval": 60, "max_steps": 20, "eval_steps": 10, "save_steps": 10,
+SETTINGS = {"dataset_id": "offline:ultrafeedback-tiny", "n_train": 160, "n_validation": 16, "n_eval": 60, "max_steps": 20, "eval_steps": 10, "save_steps": 10,
             "logging_steps": 2, "learning_rate": 1e-3, "max_new_tokens": 8, "n_generation_examples": 2}
 PROFILE_ENV = {"t4": {"ORPO_ASSUME_COMPUTE_CAPABILITY": "7.5"}}
 DTYPE = {"h100": "bfloat16", "t4": "float16", "tiny": "float32"}  # tiny: a CPU smoke test of this script
