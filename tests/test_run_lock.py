@@ -95,8 +95,9 @@ def test_a_second_writer_is_refused_with_the_holders_details_before_anything_cha
     with pytest.raises(RunInUseError, match=holder):
         open_run("r", "tiny", {"max_steps": 3}, start=True, overwrite=True, has_gpu=False)
     # As a second `python -m runner` does: one error, exit status 2, before any notebook starts.
+    handler = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / a script's `&` job
     assert runner.main(["--run-name", "r"]) == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the runner restores Ctrl-C's handler"
+    assert signal.getsignal(signal.SIGINT) is handler, "the runner restores Ctrl-C's handler"
     err = capsys.readouterr().err
     assert re.fullmatch(rf"ERROR: Run 'r' is in use by {holder}.*another run_name\.\n", err), err
     assert (outputs / "r" / "params.json").read_text() == params
