@@ -121,29 +121,17 @@ def fast_answer_logps(model, tokenizer, encoded: list, batch_size: int | None = 
         share_prompt = False  # a T4 / V100: two padded rows per pair instead, same scores (engine.kernel_plan)
     if share_prompt:
         return _shared_answer_logps(model, tokenizer, encoded, max_batch_tokens, logits_chunk, share_prompt_backend)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # longest first: OOM shows at once
+    from helpers.scoring import padded_batches  # the same length-sorted, right-padded batches as the readable scorer
+
     result = [math.nan] * len(encoded)
     with _fast_session(model, tokenizer) as (device, pad, decoder, head, autocast):
-        start = 0
-        while start < len(order):
-            width = len(encoded[order[start]][0])  # the longest of this batch (sorted)
-            n = max(1, min(len(order) - start, max_batch_tokens // width, batch_size or len(order)))
-            idx = order[start:start + n]
-            start += n
-            ids = torch.full((n, width), pad, dtype=torch.long)
-            labels = torch.full((n, width), -100, dtype=torch.long)
-            mask = torch.zeros((n, width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                seq, prompt_len = encoded[i]
-                ids[row, :len(seq)] = torch.tensor(seq)
-                labels[row, prompt_len:len(seq)] = torch.tensor(seq[prompt_len:])
-                mask[row, :len(seq)] = 1
+        for idx, ids, labels, mask in padded_batches(encoded, pad, max_batch_tokens, batch_size):
             ids, labels, mask = ids.to(device), labels[:, 1:].to(device), mask.to(device)  # t predicts t+1
             with autocast, attention_backends(), fused_lora(model):
                 hidden = run_decoder(decoder, ids, mask)[:, :-1]
                 rows, cols = torch.nonzero(labels != -100, as_tuple=True)
                 tok = token_logps(hidden[rows, cols], autocast_weight(head.weight), labels[rows, cols], logits_chunk)
-            sums = torch.zeros(n, device=tok.device, dtype=torch.float64).index_add_(0, rows, tok.double())
+            sums = torch.zeros(len(idx), device=tok.device, dtype=torch.float64).index_add_(0, rows, tok.double())
             means = (sums / (labels != -100).sum(1).clamp(min=1)).tolist()  # one transfer per batch
             for row, i in enumerate(idx):
                 result[i] = means[row]

@@ -45,6 +45,27 @@ def scoring_session(model, tokenizer):
         model.train(was_training)
 
 
+def padded_batches(encoded: list, pad: int, max_batch_tokens: int, batch_size: int | None = None):
+    """Length-sorted batches (longest first: an out-of-memory shows at once) of at most `max_batch_tokens` padded
+    tokens and `batch_size` rows: (indices into `encoded`, ids, labels with -100 off the answers, attention mask),
+    right-padded. Shared by the readable scorer below and engine.scoring."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    start = 0
+    while start < len(order):
+        width = len(encoded[order[start]][0])
+        n = max(1, min(len(order) - start, max_batch_tokens // width, batch_size or len(order)))
+        idx, start = order[start:start + n], start + n
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            seq, prompt_len = encoded[i]
+            ids[row, :len(seq)] = torch.tensor(seq)
+            labels[row, prompt_len:len(seq)] = torch.tensor(seq[prompt_len:])
+            mask[row, :len(seq)] = 1
+        yield idx, ids, labels, mask
+
+
 @torch.no_grad()
 def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size: int | None = None,
                       max_batch_tokens: int | None = None, fast: bool = False, share_prompt: bool = False,
@@ -60,22 +81,9 @@ def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size
         return fast_answer_logps(model, tokenizer, encoded, batch_size, max_batch_tokens or 16384,
                                  share_prompt=share_prompt, share_prompt_backend=share_prompt_backend)
     max_batch_tokens = max_batch_tokens or 4096
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     result = [math.nan] * len(encoded)
     with scoring_session(model, tokenizer) as (device, pad, autocast):
-        start = 0
-        while start < len(order):
-            width = len(encoded[order[start]][0])
-            n = max(1, min(len(order) - start, max_batch_tokens // width, batch_size or len(order)))
-            idx, start = order[start:start + n], start + n
-            ids = torch.full((n, width), pad, dtype=torch.long)
-            labels = torch.full((n, width), -100, dtype=torch.long)  # -100: not an answer token
-            mask = torch.zeros((n, width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                seq, prompt_len = encoded[i]
-                ids[row, :len(seq)] = torch.tensor(seq)
-                labels[row, prompt_len:len(seq)] = torch.tensor(seq[prompt_len:])
-                mask[row, :len(seq)] = 1
+        for idx, ids, labels, mask in padded_batches(encoded, pad, max_batch_tokens, batch_size):
             with autocast:
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             labels = labels[:, 1:].to(device)  # the logits at position t predict token t + 1
