@@ -11,6 +11,7 @@ from runner import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = [ROOT / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS]
+COMPARE = ROOT / "notebooks" / "06_compare_runs.ipynb"  # after the series: compares finished runs (runner/sweep.py)
 
 
 def load(path):
@@ -18,7 +19,7 @@ def load(path):
 
 
 def test_the_runner_and_the_folder_agree_on_the_notebooks():
-    assert sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")) == sorted(p.name for p in PATHS)
+    assert sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")) == sorted(p.name for p in [*PATHS, COMPARE])
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
@@ -28,7 +29,7 @@ def test_exactly_one_parameters_cell_with_run_name(path):
     assert re.search(r"^run_name: str = ", "".join(cells[0]["source"]), re.M)
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*PATHS, COMPARE], ids=lambda p: p.name)
 def test_papermill_reads_every_parameter(path):
     """`papermill --help-notebook` (a README command) lists each parameter; a line it cannot parse (an `=` inside
     the comment did that to notebook 04's num_processes) is silently missing from the help."""
@@ -40,7 +41,7 @@ def test_papermill_reads_every_parameter(path):
     assert [p.name for p in PythonTranslator.inspect({"source": source})] == assigned
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*PATHS, COMPARE], ids=lambda p: p.name)
 def test_committed_state_is_clean(path):
     text = path.read_text()
     nb = json.loads(text)
@@ -64,4 +65,4 @@ def test_readme_colab_badges_point_at_existing_notebooks():
     readme = (ROOT / "README.md").read_text()
     badges = re.findall(r"(?:colab\.research\.google\.com/github/[^/]+/[^/]+/blob/[^/]+/|<!-- colab-badge: )"
                         r"(notebooks/[^)\s]+\.ipynb)", readme)
-    assert sorted(set(badges)) == sorted(f"notebooks/{p.name}" for p in PATHS)
+    assert sorted(set(badges)) == sorted(f"notebooks/{p.name}" for p in [*PATHS, COMPARE])
