@@ -1,4 +1,5 @@
-"""Chat templates: the one this series sets, and the checks that any model's template suits TRL (notebook 02).
+"""Chat templates: the one this series sets, and the checks that any model's template suits TRL (notebook 02);
+`stream_reply`, a greedy reply streamed piece by piece (notebook 05's chat, `python -m runner.chat`).
 
 Mistral-7B-v0.1 is a *base* model without a chat template, so we set `CHAT_TEMPLATE`: plain text plus the existing
 BOS/EOS, so QLoRA never resizes embeddings. A model with its own template keeps it, and `check_for_trl` checks it on
@@ -7,6 +8,7 @@ the tokens TRL will build (`trl_tokens` mirrors trl 1.16's `ORPOTrainer.tokenize
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 # Explicit {{ '\n' }} pieces: Jinja's trim_blocks eats a literal newline after a {% ... %} tag. EOS follows the
@@ -126,3 +128,33 @@ def check_for_trl(tokenizer, example: dict, answer: str = "chosen") -> tuple[lis
         raise ChatTemplateError(f"The answer's text is not in the answer tokens TRL would train on "
                                 f"({answer_tokens[:200]!r}). {fix}")
     return ids, prompt_len
+
+
+
+def stream_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 128):
+    """Yield the greedy reply to `messages` (ending with a user turn) piece by piece as it is generated (notebook 05,
+    runner.chat); joined and stripped, the pieces are `scoring.generate_greedy`'s text for [messages]."""
+    from transformers import TextIteratorStreamer
+
+    from .scoring import generate_greedy  # the template, BOS, stop tokens and length of notebooks 03 and 05
+
+    streamer, failure = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True), []
+
+    def generate():
+        try:
+            generate_greedy(model, tokenizer, [messages], max_new_tokens, streamer=streamer)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
+            failure.append(err)
+            streamer.end()  # unblock the loop below
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    started = False
+    for piece in streamer:
+        piece = piece if started else piece.lstrip()  # generate_greedy strips the reply too
+        started = started or bool(piece)
+        if piece:
+            yield piece
+    thread.join()
+    if failure:
+        raise failure[0]

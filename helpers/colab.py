@@ -1,9 +1,5 @@
-"""Notebook setup, called by every notebook's first cell: `setup(None)` locally, `setup(clone)` on Colab.
-
-Locally it only quiets the libraries (plain-text output, no progress widgets). On Colab the first cell clones the
-repo from its `REPO_URL` line, and `setup_colab(clone)` installs `requirements-colab.txt` into the running kernel.
-`REPO_URL` is set in every notebook (and the README's badges) by `python tools/set_repo_url.py <url>`, which also
-holds the rules a URL must pass."""
+"""Notebook setup, called by every notebook's first cell: `setup(None)` locally (quiet libraries, plain-text
+output), `setup(clone)` on Colab (installs requirements-colab.txt into the running kernel; see docs/)."""
 
 from __future__ import annotations
 

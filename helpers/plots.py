@@ -1,9 +1,5 @@
-"""Figures for notebooks 02, 04 and 05, and sentences that read the run's own numbers after each figure.
-
-Each figure function saves a PNG (given a path) and returns the open Figure, for the notebook to display. Each
-describe_* function returns a plain-English paragraph for under the figure, stating only what its numbers show.
-ORPO's logged metrics (TRL's `loss`, `nll_loss`, `log_odds_ratio`, `rewards/...`) are explained in
-docs/design-decisions.md ("Notes moved from helpers/ docstrings")."""
+"""Figures for notebooks 02, 04 and 05 (saved as PNG given a path, returned to display) and describe_* sentences
+that read the run's own numbers under each; the logged metrics are explained in docs/design-decisions.md."""
 
 from __future__ import annotations
 

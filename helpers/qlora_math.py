@@ -1,12 +1,5 @@
 """QLoRA arithmetic from a model config: parameters, LoRA's trainable share, 4-bit vs 16-bit bytes (notebooks 03, 04).
-
-Nothing is loaded, so notebook 03 shows Mistral-7B-v0.1's memory rows (`memory_estimate`, `qlora_table`) beside the
-run's own model and `modeling.memory_report`'s measurement, even offline; notebook 04 shows the trainable rows
-(`lora_trainable`) beside `model.print_trainable_parameters()`. For Mistral / Llama-style decoders.
-
-Only decoder linears are quantized: bitsandbytes packs two 4-bit codes per byte (what `get_memory_footprint()`
-counts, `footprint_4bit_*`) and keeps absmax scales and code tables in a `quant_state` it does not count
-(`total_4bit_*` adds it; details in docs/design-decisions.md). The rest stays in the load dtype (`compute_bytes`)."""
+Nothing is loaded (works offline, for Mistral / Llama-style decoders); more in docs/design-decisions.md."""
 
 from __future__ import annotations
 

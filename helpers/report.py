@@ -42,7 +42,7 @@ def write_report(run: RunDir, cfg, results: dict) -> None:
         key = name.split()[0]
         task = f"{success[key]:.1%}" if key in success else "n/a"
         lines.append(f"| {name} | {m['reward_accuracy']:.3f} | {m['mean_margin']:.4f} | {task} |")
-    merges = results.get("merge_check") or {}  # notebook 05, section 6
+    merges = results.get("merge_check") or {}  # notebook 05, section 8
     lines += ["", "## Merged models, against the evaluated 4-bit + adapter", ""] if merges else []
     for name, m in merges.items():
         task = "n/a" if m["task_success"] is None else f"{m['task_success']:.1%}"

@@ -1,8 +1,5 @@
-"""Held-out scoring (notebook 05) and greedy generation (notebooks 03, 05).
-
-Scoring needs one no-grad forward pass per answer (not `Trainer.evaluate`): the mean token log-prob of the answer
-given its prompt, the quantity ORPO's odds ratio is built from. `mean_answer_logps` is the readable version; with
-`fast=True` (the GPU profiles' `fast_orpo_trainer`) engine.scoring computes the same numbers with less work."""
+"""Held-out scoring (notebook 05: one no-grad forward pass per answer, not `Trainer.evaluate`; `fast=True` uses
+engine.scoring) and greedy generation (notebooks 03, 05)."""
 
 from __future__ import annotations
 
@@ -110,10 +107,11 @@ def preference_metrics(chosen_logps: list[float], rejected_logps: list[float], b
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy completions for conversational prompts (notebooks 03, 05), batched with LEFT padding (right padding
-    would put pad tokens between a prompt and its continuation). The prompt starts as in training (BOS added when
-    the template has none, as TRL does) and generation stops at EOS or the template's end-of-turn token."""
+def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 32, streamer=None):
+    """Greedy completions (strings) for conversational prompts (notebooks 03, 05), batched with LEFT padding (right
+    padding puts pads between a prompt and its continuation). The prompt starts as in training (BOS added when the
+    template has none, as TRL does); generation stops at EOS or the template's end-of-turn token. `streamer`:
+    transformers' streamer that also receives the tokens as they come (helpers.chat.stream_reply)."""
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training
@@ -128,7 +126,8 @@ def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)  # the text already holds BOS
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                                       pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                                       pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                       streamer=streamer)
             new_tokens = generated[:, batch["input_ids"].shape[1]:]
             outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     finally:

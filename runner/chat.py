@@ -15,52 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from dataclasses import fields
 
-from helpers.scoring import generate_greedy
-
-
-class _Streaming:
-    """The model, except that every `generate` call also hands its tokens to `streamer` as they are produced."""
-
-    def __init__(self, model, streamer):
-        self.model, self.streamer = model, streamer
-
-    def __getattr__(self, name):  # parameters(), training, eval(), train(): the model's own
-        return getattr(self.model, name)
-
-    def generate(self, **kwargs):
-        return self.model.generate(**kwargs, streamer=self.streamer)
-
-
-def stream_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 128):
-    """Yield the model's greedy reply to `messages` (a conversation ending with a user turn) piece by piece, as it is
-    generated; joined and stripped, the pieces are the text `generate_greedy(model, tokenizer, [messages], ...)`
-    returns. Generation runs in a background thread feeding transformers' TextIteratorStreamer."""
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    failure = []
-
-    def generate():
-        try:
-            generate_greedy(_Streaming(model, streamer), tokenizer, [messages], max_new_tokens)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
-            failure.append(err)
-            streamer.end()  # unblock the loop below
-
-    thread = threading.Thread(target=generate, daemon=True)
-    thread.start()
-    started = False
-    for piece in streamer:
-        piece = piece if started else piece.lstrip()  # generate_greedy strips the reply too
-        started = started or bool(piece)
-        if piece:
-            yield piece
-    thread.join()
-    if failure:
-        raise failure[0]
+from helpers.chat import stream_reply  # the notebooks' chat (notebook 05, section 6)
 
 
 def load_tuned(run_name: str):

@@ -1,9 +1,10 @@
-"""Chatting with a tuned run (runner/chat.py): `stream_reply` streams exactly the greedy answer notebook 05 generates
-(helpers.scoring.generate_greedy), and `python -m runner.chat <run>` gives it for --message and in a conversation.
+"""Chatting with a tuned run (notebook 05, runner/chat.py): `helpers.chat.stream_reply` streams exactly the greedy
+answer notebook 05 generates (helpers.scoring.generate_greedy), and `python -m runner.chat <run>` gives it for
+--message and in a conversation.
 
 Fast: the offline default's base model (no run needed). Slow: a short series on the offline default, then the
-function and the CLI on its tuned model; and SmolLM2 (its own ChatML template), where the reply must stop at the
-template's end-of-turn token.
+function and the CLI on its tuned model; and SmolLM2 (its own ChatML template), where the reply must equal
+generate_greedy's and stop at the template's end-of-turn token.
 """
 
 import os
@@ -16,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import runner
-from helpers.chat import template_facts
+from helpers.chat import stream_reply, template_facts
 from helpers.scoring import generate_greedy
 from offline_default import OFFLINE_MODEL_ID, resolve
 from runner import chat
@@ -39,6 +40,7 @@ def base_model():
 
 
 def test_streamed_pieces_are_the_greedy_answer(base_model):
+    assert chat.stream_reply is stream_reply  # the CLI streams with the notebooks' function (notebook 05)
     model, tokenizer = base_model
     for question in QUESTIONS:
         pieces = list(chat.stream_reply(model, tokenizer, user(question), max_new_tokens=12))
@@ -132,5 +134,6 @@ def test_smollm2_reply_streams_and_stops_at_the_templates_end_token():
     pieces = list(chat.stream_reply(model, tokenizer, user("What is the capital of France?"), max_new_tokens=60))
     reply = "".join(pieces).strip()
     assert len(pieces) > 1 and "Paris" in reply, pieces
+    assert reply == generate_greedy(model, tokenizer, [user("What is the capital of France?")], 60)[0]
     assert "<|im" not in reply and "\nuser" not in reply  # no special token, no next turn
     assert len(tokenizer(reply, add_special_tokens=False)["input_ids"]) < 59  # it stopped before the limit

@@ -1,4 +1,4 @@
-"""Merging a QLoRA adapter (notebook 05, section 6; PITFALLS 39), measured in fp32 on a CPU.
+"""Merging a QLoRA adapter (notebook 05, section 8; PITFALLS 39), measured in fp32 on a CPU.
 
 Into the dequantized NF4 base (`dequantize()` on a freshly loaded 4-bit model, before PEFT wraps its layers, then
 PEFT's merge) the merged model is the evaluated one (4-bit + adapter): targets >= 99% of held-out pairs with the same
