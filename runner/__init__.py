@@ -31,8 +31,9 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from helpers.profiles import PROFILES, ParameterError, choose_profile
+from helpers.profiles import PROFILES, ParameterError, choose_profile, resolve_config
 from helpers.rundir import REPO_ROOT, STAGE_DONE, RunDir, hold_run, open_run, outputs_root, release_run
+from helpers.tracking import check_tracking
 
 NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")
 
@@ -99,6 +100,8 @@ def validate(args: argparse.Namespace, overrides: dict) -> tuple[str, dict]:
     for reserved in ("run_name", "profile"):
         if reserved in overrides:
             raise ParameterError(f"Pass `{reserved}` with --{reserved.replace('_', '-')}, not as -p/-f.")
+    # `report_to tensorboard` without tensorboard installed: said before the run folder exists (its fix is a new -p)
+    check_tracking(resolve_config(named_after, {**overrides, "run_name": run_name}))
     cfg, run = open_run(run_name, args.profile, overrides, start=True, overwrite=args.overwrite, has_gpu=has_gpu,
                         compute_capability=cc)
     if run.checkpoints.exists():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import sys
 import time
@@ -25,6 +26,7 @@ import time
 import runner
 from helpers.profiles import ParameterError, resolve_config
 from helpers.rundir import RunDir, outputs_root, read_json
+from helpers.tracking import GROUP_ENV, check_tracking
 from runner import compare
 
 
@@ -72,6 +74,7 @@ def plan(args: argparse.Namespace, sweeps: list[tuple[str, list[str]]]) -> list[
         swept = {k: runner.papermill_value(v) for k, v in combination}
         cfg = resolve_config(args.profile, {**overrides, **swept, "run_name": name}, has_gpu=has_gpu,
                              compute_capability=cc)
+        check_tracking(cfg)
         run = RunDir(outputs_root() / name)
         action = "run"
         if run.is_finished() and not args.overwrite:
@@ -108,6 +111,8 @@ def main(argv=None) -> int:
         return 2
     print(f"Sweep of {len(runs)} run(s): {', '.join(name for name, _, _ in runs)}", flush=True)
     failed, started = [], time.time()
+    group = os.environ.get(GROUP_ENV)  # `report_to tensorboard`: the runs log to outputs/tensorboard/<base>/<run>
+    os.environ[GROUP_ENV] = group or args.run_name or args.profile  # (helpers.tracking), unless you chose a group
     try:
         for i, (name, combination, action) in enumerate(runs, 1):
             values = " ".join(f"{k}={v}" for k, v in combination)
@@ -123,6 +128,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("Sweep interrupted; the same command skips the finished runs and resumes the others.", file=sys.stderr)
         return 130
+    finally:
+        if group is None:
+            del os.environ[GROUP_ENV]
     finished = [name for name, _, _ in runs if RunDir(outputs_root() / name).is_finished()]
     print(f"\n##### {len(finished)} of {len(runs)} run(s) finished in {time.time() - started:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else "") + " #####", flush=True)
