@@ -36,14 +36,14 @@ row() {  # row NAME SECONDS PYTHONPATH [extra args]: skipped if the call's 600 s
 case "$part" in
   part1)
     row unsloth 190 "/tmp/site_peer:$PWD"
-    row unsloth_fused 170 "/tmp/site_peer:$PWD"
     row trl_best 150 "$ours_path"
-    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True row ours 90 "$ours_path" ;;
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True row ours 90 "$ours_path"
+    row unsloth_fused 170 "/tmp/site_peer:$PWD" ;;
   part2)
+    row seed 330 "$ours_path" --scoring-reps 3
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True row ours 90 "$ours_path"
     unset PYTORCH_CUDA_ALLOC_CONF
-    row ours_noexp 90 "$ours_path"
-    row seed 330 "$ours_path" --scoring-reps 3 ;;
+    row ours_noexp 90 "$ours_path" ;;
   *) echo "unknown part $part"; exit 2 ;;
 esac
 PYTHONPATH="$ours_path" python3 benchmarks/peer_benchmark.py combine "$OUT"/peer_*.json --out "$OUT/peer_$part.json"

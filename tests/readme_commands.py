@@ -21,11 +21,12 @@ def readme_commands() -> list[str]:
     return commands
 
 
-def run_readme_command(command: str, outputs: Path, timeout: int = 1500) -> subprocess.CompletedProcess:
+def run_readme_command(command: str, outputs: Path, timeout: int = 1500, stdin: str = "") -> subprocess.CompletedProcess:
     """Run one README command from the repo root, as a learner would; runs go to `outputs` (ORPO_OUTPUTS_DIR, which
     the runner and notebooks read) instead of the repo's outputs/ folder, and a literal outputs/ path in the command
-    is pointed there too."""
+    is pointed there too. `stdin`: what the learner types (an interactive command ends at its end)."""
     assert command in readme_commands(), f"not a README command: {command}"
     env = {**os.environ, "ORPO_OUTPUTS_DIR": str(outputs), "PYTHONUNBUFFERED": "1"}
     command = command.replace(" outputs/", f" {outputs}/")
-    return subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          input=stdin)

@@ -48,18 +48,25 @@ def check_help(outputs, result):
     assert "learning_rate" in result.stdout and "beta" in result.stdout
 
 
-def check_prepared(outputs, result):
-    run = outputs / "beta-test"
-    assert (run / "data_report.json").exists() and (run / "model_report.json").exists()
-    assert not (run / "adapter").exists()
+def check_sweep(outputs, result):
+    summary = json.loads((outputs / "tiny-sweep" / "comparison.json").read_text())
+    assert summary["runs"] == ["tiny-beta0.05", "tiny-beta0.1", "tiny-beta0.25"]
+    assert summary["differing_parameters"] == ["beta"]
+    assert (outputs / "tiny-sweep" / "curves.png").exists() and (outputs / "tiny-sweep" / "06_compare_runs.ipynb").exists()
 
 
-def check_beta(outputs, result):
-    run = outputs / "beta-test"
-    params = json.loads((run / "params.json").read_text())
-    summary = json.loads((run / "train_summary.json").read_text())
-    assert (params["beta"], params["max_steps"], summary["global_step"]) == (0.2, 200, 200)
-    assert (run / "notebooks" / "04_orpo_training.ipynb").exists()
+def check_chat(outputs, result):
+    # CHAT_INPUT's task prompt is one the offline default learned: the tuned model answers it (3 numbers)
+    assert "model> 3\n" in result.stdout, result.stdout[-1000:]
+
+
+def check_tensorboard(outputs, result):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((outputs / "tensorboard" / "tb" / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1, events
+    log = EventAccumulator(str(events[0])).Reload()
+    assert len(log.Scalars("train/loss")) >= 2
 
 
 def check_auto(outputs, result):
@@ -67,15 +74,16 @@ def check_auto(outputs, result):
     assert (outputs / "tiny-demo" / "eval.json").exists()
 
 
-CPU_COMMANDS = {  # command -> check of what it produced; in README order (beta-test needs its preparation first)
+CPU_COMMANDS = {  # command -> check of what it produced; in the order they must run
     "bash tasks.sh run --run-name lr-test -p learning_rate 1e-3 -p max_steps 100": check_lr_test,
     "bash tasks.sh run --run-name from-file -f my_params.yaml": check_from_file,
     ".venv/bin/papermill --help-notebook notebooks/04_orpo_training.ipynb": check_help,
-    "bash tasks.sh run --run-name beta-test --only 01,02,03": check_prepared,
-    ".venv/bin/papermill notebooks/04_orpo_training.ipynb outputs/beta-test/notebooks/04_orpo_training.ipynb -k "
-    "python3 -p run_name beta-test -p beta 0.2 -p max_steps 200": check_beta,
-    "bash tasks.sh run --profile auto": check_auto,
+    "bash tasks.sh run --profile auto": check_auto,  # before the chat: it makes outputs/tiny-demo
+    "bash tasks.sh run --sweep beta=0.05,0.1,0.25 -p max_steps 200": check_sweep,
+    ".venv/bin/python -m runner.chat tiny-demo": check_chat,
+    "bash tasks.sh run --run-name tb -p report_to tensorboard -p max_steps 200": check_tensorboard,
 }
+CHAT_INPUT = "How many numbers does this list have: 8 7 6?\n"
 
 
 @pytest.mark.parametrize("command", list(CPU_COMMANDS))
@@ -85,7 +93,7 @@ def test_cpu_command_runs_and_does_what_the_readme_says(command, outputs):
     if created:
         my_params.write_text("learning_rate: 1e-3\nmax_steps: 20\n")
     try:
-        result = run_readme_command(command, outputs)
+        result = run_readme_command(command, outputs, stdin=CHAT_INPUT if "runner.chat" in command else "")
     finally:
         if created:
             my_params.unlink()
