@@ -1,9 +1,5 @@
-"""Chat templates: the one this series sets, and the checks that any model's template suits TRL (notebook 02);
-`stream_reply`, a greedy reply streamed piece by piece (notebook 05's chat, `python -m runner.chat`).
-
-Mistral-7B-v0.1 is a *base* model without a chat template, so we set `CHAT_TEMPLATE`: plain text plus the existing
-BOS/EOS, so QLoRA never resizes embeddings. A model with its own template keeps it, and `check_for_trl` checks it on
-the tokens TRL will build (`trl_tokens` mirrors trl 1.16's `ORPOTrainer.tokenize_row`)."""
+"""Chat templates: the one this series sets, and checks that a model's template suits TRL (notebook 02; why: docs/);
+`stream_reply`, a greedy reply streamed piece by piece (notebook 05's chat, `python -m runner.chat`)."""
 
 from __future__ import annotations
 
@@ -38,7 +34,6 @@ class ChatTemplateError(ValueError):
 @dataclass(frozen=True)
 class TemplateFacts:
     """What notebook 02 learns about a tokenizer's chat template (and 05 uses to stop generations)."""
-
     accepts_system_turn: bool       # Gemma-style templates raise on a system message
     end_of_turn: str                # what the template writes right after an assistant answer ("" if nothing)
     stop_token_ids: tuple[int, ...]  # EOS plus the template's end-of-turn token, if that is another token
@@ -85,9 +80,8 @@ def prompt_and_answer_texts(tokenizer, prompt: list[dict], answer: list[dict]) -
 
 
 def trl_tokens(tokenizer, prompt_text: str, answer_text: str, full_ids=None, prompt_ids=None) -> tuple[list[int], int]:
-    """(token ids of prompt + answer, number of prompt tokens) exactly as trl 1.16's ORPOTrainer builds them: no
-    special tokens, the boundary one token left if the prompt's last token merges with the answer, BOS and EOS added
-    unless already there. Pass `full_ids` / `prompt_ids` when they were tokenized in a batch."""
+    """(ids of prompt + answer, number of prompt tokens) exactly as trl 1.16's ORPOTrainer builds them (docs/);
+    pass `full_ids` / `prompt_ids` when they were tokenized in a batch."""
     if full_ids is None:
         full_ids = tokenizer(prompt_text + answer_text, add_special_tokens=False)["input_ids"]
     if prompt_ids is None:
@@ -103,8 +97,7 @@ def trl_tokens(tokenizer, prompt_text: str, answer_text: str, full_ids=None, pro
 
 
 def check_for_trl(tokenizer, example: dict, answer: str = "chosen") -> tuple[list[int], int]:
-    """Check one pair the way ORPOTrainer will tokenize it; return (ids, prompt length) or raise ONE clear error
-    (what TRL needs, and nothing more: see docs/design-decisions.md)."""
+    """Check one pair as ORPOTrainer will tokenize it (notebook 02): (ids, prompt length), or ONE clear error."""
     fix = ("Fix: set a template that fits (tokenizer.chat_template = helpers.chat.CHAT_TEMPLATE works for any "
            "tokenizer with BOS/EOS), or pick the model's chat/instruct variant.")
     if tokenizer.eos_token_id is None:
@@ -130,14 +123,10 @@ def check_for_trl(tokenizer, example: dict, answer: str = "chosen") -> tuple[lis
     return ids, prompt_len
 
 
-
 def stream_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 128):
-    """Yield the greedy reply to `messages` (ending with a user turn) piece by piece as it is generated (notebook 05,
-    runner.chat); joined and stripped, the pieces are `scoring.generate_greedy`'s text for [messages]."""
+    """Yield the greedy reply to `messages` piece by piece (notebook 05, runner.chat): generate_greedy's text."""
     from transformers import TextIteratorStreamer
-
     from .scoring import generate_greedy  # the template, BOS, stop tokens and length of notebooks 03 and 05
-
     streamer, failure = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True), []
 
     def generate():

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from .environment import installed_version
@@ -29,8 +30,6 @@ def requirement_names(path: Path) -> list[str]:
 
 def setup(clone: str | Path | None) -> None:
     """The first cell's call: `clone` is None locally (only quiets the libraries), the fresh clone on Colab."""
-    import warnings
-
     if clone is not None:
         setup_colab(clone)
     for name in QUIET_ENV:
@@ -41,9 +40,8 @@ def setup(clone: str | Path | None) -> None:
 
 
 def setup_colab(repo_dir: str | Path) -> None:
-    """Install the Colab requirements, cd into notebooks/, make `helpers` importable, quiet the libraries.
-    A failed install stops the notebook here; torch stays at Colab's version. Nothing is restarted: if an installed
-    library was already imported, you are told to restart the session yourself."""
+    """Install the Colab requirements, cd into notebooks/, make `helpers` importable, quiet the libraries. A failed
+    install stops the notebook here; torch stays at Colab's version; a restart is asked for, never done."""
     repo = Path(repo_dir).resolve()
     requirements = repo / REQUIREMENTS
     forbidden = sorted(set(requirement_names(requirements)) & set(NEVER_INSTALL))

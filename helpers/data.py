@@ -1,11 +1,9 @@
-"""Loading, normalizing, measuring and filtering preference pairs (notebook 02; 05 reads what 02 saved).
-
-One format leaves this module: TRL's *conversational, explicit prompt* format (prompt = an optional system message
-and the user's, chosen / rejected = one assistant message each), so ORPOTrainer applies the chat template exactly
-once (applying it yourself AND letting TRL do it doubles it)."""
+"""Loading, normalizing, measuring and filtering preference pairs (notebook 02; 05 reads what 02 saved). One format
+leaves it, TRL's conversational explicit-prompt one, so the chat template is applied once (docs/design-decisions.md)."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections import Counter
@@ -29,7 +27,6 @@ class DataError(ValueError):
 def load_preference_split(dataset_id: str, split: str, *, seed: int = 0):
     """Load one split from the offline default, a local file/folder, or the Hub (notebook 02)."""
     import datasets
-
     if dataset_id == OFFLINE_DATASET_ID:
         return datasets.load_from_disk(str(ensure_offline_default(seed=seed).dataset_dir))[split]
     path = Path(dataset_id).expanduser()
@@ -53,9 +50,8 @@ def load_preference_split(dataset_id: str, split: str, *, seed: int = 0):
 
 
 def load_preference_sources(dataset_id: str, train_split: str, eval_split: str, *, seed: int = 0):
-    """(train, test or None, a sentence saying where each came from) for notebook 02. The test source is the split
-    `eval_split` (UltraFeedback: `test_prefs`) or the second file it names; without one, notebook 02 carves a
-    held-out set from train by prompt (`carve_by_prompt`)."""
+    """(train, test or None, a sentence saying where each came from) for notebook 02. The test source is the split or
+    second file `eval_split` names; without one, notebook 02 carves it from train (`carve_by_prompt`)."""
     eval_path = Path(eval_split).expanduser() if eval_split else None
     if eval_path is not None and eval_path.suffix in LOCAL_SUFFIXES and not eval_path.is_file():
         raise DataError(f"eval_split {eval_split!r} looks like a file but does not exist. Fix: the path of a second "
@@ -84,7 +80,6 @@ def load_preference_sources(dataset_id: str, train_split: str, eval_split: str, 
 def _split_names(dataset_id: str, seed: int) -> list[str] | None:
     """Split names of a dataset, or None for a source that is one table (a file, a saved single Dataset)."""
     import datasets
-
     if dataset_id == OFFLINE_DATASET_ID:
         return list(datasets.load_from_disk(str(ensure_offline_default(seed=seed).dataset_dir)))
     path = Path(dataset_id).expanduser()
@@ -100,8 +95,7 @@ def _split_names(dataset_id: str, seed: int) -> list[str] | None:
 
 def split_key(prompt: list[dict]) -> str:
     """What "the same prompt" means for keeping train, validation and test apart (notebook 02): the task *instance*
-    for a checkable task of the offline default ("Sort ascending: 3 1 2" and "Arrange from smallest to largest:
-    3 1 2" are one prompt), else the text of every turn, whitespace normalized."""
+    for a checkable task of the offline default (any wording), else the text of every turn, whitespace normalized."""
     last = prompt[-1]["content"] if prompt else ""
     key = instance_key(last) if isinstance(last, str) else None
     return f"task:{key}" if key else "text:" + " ".join(" ".join(str(m["content"]).split()) for m in prompt)
@@ -137,8 +131,6 @@ def drop_shared_prompts(dataset, other):
 
 def _check_json_file(path: Path) -> None:
     """Readable, UTF-8, non-empty, and every line of a JSON Lines file is a JSON object: else one clear error."""
-    import json
-
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -166,7 +158,6 @@ def _check_json_file(path: Path) -> None:
 
 def _load_from_hub(dataset_id: str, split: str):
     import datasets
-
     try:
         return datasets.load_dataset(dataset_id, split=split)
     except ValueError as err:
@@ -194,8 +185,7 @@ def _as_messages(value, role: str, where: str) -> list[dict]:
 
 
 def _transcript(text, where: str) -> list[dict]:
-    """An HH-RLHF transcript -> messages, cut at the LAST Assistant turn as TRL's hh-rlhf-helpful-base.py does (a
-    character-level common prefix of chosen and rejected would swallow the first words both answers share)."""
+    """An HH-RLHF transcript -> messages, cut at the LAST Assistant turn as TRL's hh-rlhf-helpful-base.py does."""
     head, cut, answer = text.rpartition("\n\nAssistant:") if isinstance(text, str) else ("", "", "")
     turns = HH_TURN.split(head)
     if not cut or turns[0].strip():
@@ -206,9 +196,8 @@ def _transcript(text, where: str) -> list[dict]:
 
 def to_explicit_prompt(example: dict, idx: int = 0, *, source: str = "data", prompt_column: str = "prompt",
                        system_column: str = "", transcripts: bool = False) -> dict:
-    """One row -> TRL's explicit-prompt conversational format. Whole conversations in `chosen`/`rejected`
-    (UltraFeedback, TRL's implicit prompt, HH-RLHF `transcripts`): the prompt is the turns before the last answer,
-    which both must share; else the prompt is `prompt_column`. A non-empty `system_column` value leads the prompt."""
+    """One row -> TRL's explicit-prompt format: the prompt is the turns before the last answer of whole conversations
+    in `chosen`/`rejected` (both must share them), else `prompt_column`; a non-empty `system_column` leads it."""
     where = f"{source}, row {idx}"
     chosen, rejected = (_transcript(example.get(name), f"{where}, column {name!r}") if transcripts else
                         _as_messages(example.get(name), "assistant", f"{where}, column {name!r}")
@@ -232,8 +221,7 @@ def to_explicit_prompt(example: dict, idx: int = 0, *, source: str = "data", pro
 
 
 def preference_format(dataset, source: str = "data", prompt_column: str = "", system_column: str = ""):
-    """How the columns map to prompt/chosen/rejected, from the column names and the first row: (keyword arguments
-    for `to_explicit_prompt`, one line for notebook 02). Unmappable: one DataError naming the columns and the fix."""
+    """Notebook 02: map the columns to prompt/chosen/rejected: (`to_explicit_prompt` keywords, a line), or DataError."""
     columns, first = dataset.column_names, (dataset[0] if len(dataset) else {})
     prompt = prompt_column or next((c for c in ("prompt", "question") if c in columns), "")
     system = system_column or ("system" if "system" in columns else "")
@@ -258,11 +246,9 @@ def preference_format(dataset, source: str = "data", prompt_column: str = "", sy
 
 
 def normalize_pairs(dataset, source: str, *, prompt_column: str = "", system_column: str = ""):
-    """Map the columns (`preference_format`), validate every row and convert it to the explicit-prompt format
-    (notebook 02); returns (dataset, report). Bad *rows* (wrong types or roles, empty answers, chosen == rejected)
-    are dropped and counted, unless they are the majority (a format problem): then one error names the first."""
+    """Map the columns (`preference_format`), validate and convert every row to the explicit-prompt format (notebook
+    02); returns (dataset, report). Bad *rows* are dropped and counted, unless most are bad: then one DataError."""
     from datasets import Dataset
-
     mapping, line = preference_format(dataset, source, prompt_column, system_column)
     rows, reasons, examples = [], Counter(), []
     for idx, example in enumerate(dataset):
@@ -303,23 +289,20 @@ def token_lengths(example: dict, tokenizer) -> dict:
     out = {}
     for name in ("chosen", "rejected"):
         ids, prompt_len = trl_tokens(tokenizer, *prompt_and_answer_texts(tokenizer, example["prompt"], example[name]))
-        out["prompt_tokens"] = prompt_len
-        out[f"{name}_tokens"] = len(ids) - prompt_len
+        out["prompt_tokens"], out[f"{name}_tokens"] = prompt_len, len(ids) - prompt_len
     out["pair_tokens"] = out["prompt_tokens"] + max(out["chosen_tokens"], out["rejected_tokens"])
     return out
 
 
 def mark_prompt_and_answer(example: dict, tokenizer, answer: str = "chosen") -> str:
-    """Render one example token by token, as TRL tokenizes it: prompt tokens in [brackets], answer tokens in
-    <<angle brackets>> (the EOS TRL appends included)."""
+    """Notebook 02: one example as TRL tokenizes it, prompt tokens in [brackets], answer tokens (+ EOS) in <<...>>."""
     ids, prompt_len = trl_tokens(tokenizer, *prompt_and_answer_texts(tokenizer, example["prompt"], example[answer]))
     pieces = [tokenizer.decode([i]) for i in ids]
     return "".join(f"[{p}]" if k < prompt_len else f"<<{p}>>" for k, p in enumerate(pieces))
 
 
 def drop_overlong(dataset, max_length: int):
-    """Split a dataset with length columns into (kept, dropped) at `max_length` (prompt + longer answer), notebook 02.
-    Dropped, not truncated: TRL can cut an answer to zero tokens, whose mean log-prob is 0/0 = NaN."""
+    """Notebook 02: (kept, dropped) at `max_length` tokens of prompt + longer answer; dropped, never truncated."""
     return (dataset.filter(lambda row: row["pair_tokens"] <= max_length),
             dataset.filter(lambda row: row["pair_tokens"] > max_length))
 

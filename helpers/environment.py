@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -17,7 +18,6 @@ ASSUME_CC_ENV = "ORPO_ASSUME_COMPUTE_CAPABILITY"  # e.g. "7.5": rehearse the T4 
 @dataclass(frozen=True)
 class Hardware:
     """What notebook 01 found. `compute_capability` is None on a machine without a CUDA GPU."""
-
     device_name: str
     compute_capability: tuple[int, int] | None
     total_memory_gib: float | None
@@ -27,7 +27,6 @@ class Hardware:
 @dataclass(frozen=True)
 class Precision:
     """The dtype / attention choices, with the reason for each (written to environment.json)."""
-
     device: str                   # "cuda" or "cpu"
     torch_dtype: str              # dtype the non-quantized parts of the model are loaded in
     bnb_4bit_compute_dtype: str   # dtype the 4-bit matmuls dequantize to
@@ -51,13 +50,9 @@ def library_versions() -> dict[str, str | None]:
 
 
 def probe_hardware() -> Hardware:
-    """Look at the real machine (notebook 01 and the runner; everything else reads the manifest).
-    `ORPO_ASSUME_COMPUTE_CAPABILITY=7.5` makes a newer GPU report that lower capability (never a higher one), so the
-    T4 path (fp16, sdpa) can be rehearsed on an H100; the device name says so."""
-    import os
-
+    """Look at the real machine (notebook 01 and the runner; everything else reads the manifest). ASSUME_CC_ENV can
+    lower (never raise) the capability a GPU reports, to rehearse the T4 path; the device name then says so."""
     import torch
-
     flash = importlib.util.find_spec("flash_attn") is not None
     if not torch.cuda.is_available():
         return Hardware(platform.processor() or platform.machine(), None, None, flash)
@@ -72,28 +67,25 @@ def probe_hardware() -> Hardware:
 
 
 def decide_precision(hw: Hardware) -> Precision:
-    """bf16 only on compute capability >= 8, FlashAttention-2 only where it is importable AND cc >= 8.
-    Not `torch.cuda.is_bf16_supported()`: a T4 (cc 7.5) can answer True and then *emulates* bf16, many times slower."""
+    """bf16, and FlashAttention-2 if installed, only on compute capability >= 8 (not `is_bf16_supported()`)."""
     cc = hw.compute_capability
     if cc is None:
-        return Precision(
-            "cpu", "float32", "float32", "sdpa", False, False,
-            {"dtype": "no CUDA GPU: float32 (bf16 autocast on a CPU without bf16 units ran ~10x slower here)",
-             "compute_dtype": "float32: bitsandbytes' CPU 4-bit kernels ran ~6x slower with bfloat16, same results",
-             "attention": "sdpa: PyTorch's built-in attention, runs everywhere"})
+        return Precision("cpu", "float32", "float32", "sdpa", False, False, {
+            "dtype": "no CUDA GPU: float32 (bf16 autocast on a CPU without bf16 units ran ~10x slower here)",
+            "compute_dtype": "float32: bitsandbytes' CPU 4-bit kernels ran ~6x slower with bfloat16, same results",
+            "attention": "sdpa: PyTorch's built-in attention, runs everywhere"})
     if cc[0] >= 8:
         attn = "flash_attention_2" if hw.flash_attn_importable else "sdpa"
         why_attn = ("flash_attn is installed and the GPU is Ampere or newer" if hw.flash_attn_importable else
                     "flash_attn is not installed (never build it inside a notebook): sdpa is the fast built-in")
-        return Precision("cuda", "bfloat16", "bfloat16", attn, True, False,
-                         {"dtype": f"compute capability {cc[0]}.{cc[1]} >= 8: native bf16, fp32's range without "
-                                   "loss scaling",
-                          "compute_dtype": "bfloat16, matching the model (the float32 default is silently slow)",
-                          "attention": why_attn})
-    return Precision("cuda", "float16", "float16", "sdpa", False, True,
-                     {"dtype": f"compute capability {cc[0]}.{cc[1]} < 8: no native bf16, so fp16 with loss scaling",
-                      "compute_dtype": "float16, matching the model",
-                      "attention": "sdpa: FlashAttention-2 needs compute capability >= 8"})
+        return Precision("cuda", "bfloat16", "bfloat16", attn, True, False, {
+            "dtype": f"compute capability {cc[0]}.{cc[1]} >= 8: native bf16, fp32's range without loss scaling",
+            "compute_dtype": "bfloat16, matching the model (the float32 default is silently slow)",
+            "attention": why_attn})
+    return Precision("cuda", "float16", "float16", "sdpa", False, True, {
+        "dtype": f"compute capability {cc[0]}.{cc[1]} < 8: no native bf16, so fp16 with loss scaling",
+        "compute_dtype": "float16, matching the model",
+        "attention": "sdpa: FlashAttention-2 needs compute capability >= 8"})
 
 
 def environment_manifest(hw: Hardware, precision: Precision) -> dict:

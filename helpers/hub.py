@@ -1,7 +1,5 @@
-"""Hugging Face Hub access with errors that say what to do (notebook 01 checks early; 02-05 wrap loads).
-
-The token is never a parameter: huggingface_hub reads HF_TOKEN or `huggingface-cli login`, so it never lands in
-params.json, a notebook or a log."""
+"""Hugging Face Hub access with errors that say what to do (notebook 01 checks early; 02-05 wrap loads). The token
+is never a parameter (huggingface_hub reads HF_TOKEN or `huggingface-cli login`), so it never lands in a file."""
 
 from __future__ import annotations
 
@@ -30,7 +28,6 @@ def check_hub_access(repo_id: str, repo_type: str = "model") -> None:
         return
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
     try:
         HfApi().repo_info(repo_id, repo_type=repo_type)
     except GatedRepoError:

@@ -8,8 +8,7 @@ PAPER = {"prompt_level_strict_acc": 0.5287, "inst_level_loose_acc": 0.6619}  # O
 
 
 def check_ready() -> None:
-    """One clear error before anything slow if lm-eval or nltk's punkt_tab is missing (lm-eval's IFEval module
-    would otherwise try to download punkt_tab when the task loads)."""
+    """One clear error before anything slow if lm-eval or nltk's punkt_tab is missing (else lm-eval downloads it)."""
     try:
         import immutabledict, langdetect, lm_eval, nltk  # noqa: E401, F401 - lm_eval[ifeval]
     except ImportError as err:

@@ -14,23 +14,20 @@ from transformers import TrainerCallback
 
 
 def device_map_for(precision: dict) -> dict | None:
-    """`from_pretrained(device_map=...)` (notebooks 03-05): the whole 4-bit model on this process's GPU ({"": 0} when
-    alone), never "auto" (spread over every GPU); None on a CPU and under FSDP, which places the shards itself."""
+    """`device_map` (notebooks 03-05): the 4-bit model on this process's GPU, never "auto"; None on CPU and FSDP."""
     if precision["device"] != "cuda" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return None
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
 def auto_optimizer(device: str) -> str:
-    """Notebook 04's `optim="auto"`: bitsandbytes' paged 8-bit AdamW on one GPU; torch's AdamW on a CPU and with
-    several processes, where paged states break resuming and FSDP's checkpoints (docs/design-decisions.md)."""
+    """Notebook 04's `optim="auto"`: paged 8-bit AdamW on one GPU, else torch's AdamW (docs/design-decisions.md)."""
     several = int(os.environ.get("WORLD_SIZE", 1)) > 1
     return "adamw_torch" if device == "cpu" or several else "paged_adamw_8bit"
 
 
 def use_one_gpu(training_args) -> None:
-    """Notebook 04: one process trains on ONE GPU, even on a machine with several (several GPUs are `num_processes`'
-    job). Otherwise the Trainer wraps the model in DataParallel, which cannot replicate a 4-bit model."""
+    """Notebook 04: a process trains on ONE GPU, even among several (DataParallel cannot replicate a 4-bit model)."""
     _ = training_args.device  # sets up devices (and n_gpu) now, so nothing resets what follows
     if int(os.environ.get("WORLD_SIZE", 1)) == 1 and training_args.n_gpu > 1:
         training_args._n_gpu = 1
@@ -47,28 +44,20 @@ def logical_parameter_count(model) -> int:
 
 def memory_report(model) -> dict:
     """Footprint of the loaded (4-bit) model against what the same weights take in 16 bits (notebook 03)."""
-    params = logical_parameter_count(model)
-    footprint = model.get_memory_footprint()
-    return {"parameters": params,
-            "footprint_4bit_MiB": round(footprint / 2**20, 2),
-            "estimate_16bit_MiB": round(params * 2 / 2**20, 2),
-            "saving_factor": round(params * 2 / footprint, 2)}
+    params, footprint = logical_parameter_count(model), model.get_memory_footprint()
+    return {"parameters": params, "footprint_4bit_MiB": round(footprint / 2**20, 2),
+            "estimate_16bit_MiB": round(params * 2 / 2**20, 2), "saving_factor": round(params * 2 / footprint, 2)}
 
 
 def merge_agreement(logps: tuple[list, list], evaluated: tuple[list, list]) -> dict:
-    """Notebook 05: how closely a merged model's held-out (chosen, rejected) mean token log-probs follow those of
-    the evaluated model (4-bit + adapter): share of pairs where both prefer the same answer, largest gap in one."""
+    """Notebook 05: how a merged model's held-out log-probs follow the evaluated model's (same preference, max gap)."""
     (c, r), (ec, er) = logps, evaluated
     same = sum((a > b) == (x > y) for a, b, x, y in zip(c, r, ec, er, strict=True)) / len(c)
     return {"same_preference_share": same, "max_abs_logp_gap": max(abs(a - b) for a, b in zip(c + r, ec + er))}
 
 
-CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors")
-
-
 def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
-    """The newest complete `checkpoint-N` folder (notebook 04 resumes from it); one left half-written by a kill
-    during a save (no trainer state or adapter, or invalid JSON) is skipped with a message."""
+    """Notebook 04 resumes from the newest complete `checkpoint-N` folder; half-written ones are skipped, said so."""
     folders = sorted(Path(checkpoints_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]),
                      reverse=True) if Path(checkpoints_dir).exists() else []
     for folder in folders:
@@ -76,7 +65,7 @@ def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
             print(f"Not resuming from {folder.name}: an FSDP sharded checkpoint (no adapter file); resuming those is "
                   "not supported yet (docs/multi-gpu.md), so training starts from step 0")
             continue
-        missing = [f for f in CHECKPOINT_FILES if not (folder / f).exists()]
+        missing = [f for f in ("trainer_state.json", "adapter_model.safetensors") if not (folder / f).exists()]
         try:
             if not missing:
                 json.loads((folder / "trainer_state.json").read_text())
@@ -89,7 +78,6 @@ def latest_valid_checkpoint(checkpoints_dir: Path) -> str | None:
 
 class PlainProgress(TrainerCallback):
     """One plain-text line per log event: readable in Jupyter, papermill logs and CI (no widget spam)."""
-
     KEYS = ("loss", "nll_loss", "rewards/margins", "rewards/accuracies", "eval_loss", "eval_rewards/accuracies")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -99,9 +87,8 @@ class PlainProgress(TrainerCallback):
 
 
 class Throughput(TrainerCallback):
-    """Notebook 04: training tokens/s (real tokens of prompt+chosen and prompt+rejected) and peak GPU memory.
-    `tokens_per_second_approx` counts the whole training call; `steady_tokens_per_second` only the steps after the
-    first `warmup`. Pairs per step are read from the trainer when training starts, so they are what ran."""
+    """Notebook 04: training tokens/s (real tokens of prompt+chosen and prompt+rejected) and peak GPU memory; the
+    steady rate leaves out the first `warmup` steps (docs/design-decisions.md)."""
 
     def __init__(self, tokens_per_pair: float, warmup: int = 5):
         self.tokens_per_pair, self.warmup = tokens_per_pair, warmup
@@ -119,20 +106,18 @@ class Throughput(TrainerCallback):
         self.step_ends.append(time.perf_counter())
 
     def on_train_end(self, args, state, control, **kwargs):
-        seconds = time.perf_counter() - self.start
-        steps = state.global_step - self.start_step
-        skip = min(self.warmup, len(self.step_ends) // 3)
-        timed = self.step_ends[skip:]
+        seconds, steps = time.perf_counter() - self.start, state.global_step - self.start_step
+        timed = self.step_ends[min(self.warmup, len(self.step_ends) // 3):]  # the steps after the warm-up
         steady = (self.tokens_per_step * (len(timed) - 1) / (timed[-1] - timed[0])) if len(timed) > 1 else None
+        cuda = torch.cuda.is_available()
         self.summary = {"steps": steps, "train_seconds": round(seconds, 1), "pairs_per_step": self.pairs_per_step,
                         "seconds_per_step": round(seconds / max(steps, 1), 3),
                         "tokens_per_second_approx": round(self.tokens_per_step * steps / max(seconds, 1e-9), 1),
                         "steady_tokens_per_second": round(steady, 1) if steady else None,
                         "steady_steps_timed": max(len(timed) - 1, 0),
-                        "peak_gpu_memory_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-                        if torch.cuda.is_available() else None,  # and what torch's cache held (fragmentation):
-                        "peak_gpu_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2)
-                        if torch.cuda.is_available() else None}
+                        "peak_gpu_memory_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+                        # and what torch's cache held (fragmentation):
+                        "peak_gpu_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None}
 
 
 @contextmanager

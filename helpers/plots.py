@@ -139,8 +139,7 @@ def describe_lengths(pair_tokens, max_length: int) -> str:
     text = (f"A pair (prompt + longer answer) is {_num(median)} tokens long at the median and {_num(p95)} at the "
             f"95th percentile (longest: {_num(longest)}). ")
     if over:
-        text += (f"{over:,} of {n:,} pairs ({_pct(over / n)}) are over max_length = {max_length} tokens and "
-                 f"get dropped.")
+        text += f"{over:,} of {n:,} pairs ({_pct(over / n)}) are over max_length = {max_length} tokens and get dropped."
     else:
         text += f"None of the {n:,} pairs is over max_length = {max_length} tokens, so none is dropped."
     return text
@@ -174,25 +173,20 @@ def training_curves(history: list[dict], beta: float, path: Path | None = None, 
 
     _plot_keys(ax_loss, records, [("loss", "train", "eval", BLUE)])
     _style(ax_loss, "Total ORPO loss\n= NLL term + odds-ratio term", "step", "loss")
-
     _plot_keys(ax_nll, records, [("nll_loss", "train", "eval", BLUE)])
     _style(ax_nll, "NLL term: cross-entropy over\nprompt + chosen tokens (SFT part)", "step", "NLL")
-
     or_values = _plot_keys(ax_or, records, [("or_term", "train", "eval", ORANGE)])
     log_scale = bool(or_values) and min(or_values) > 0
     if log_scale:
         ax_or.set_yscale("log")
     _style(ax_or, f"Odds-ratio term ({'log' if log_scale else 'linear'} scale):\n"
                   "small = chosen already far likelier", "step", OR_TERM_LABEL)
-
     _plot_keys(ax_rewards, records, [("rewards/chosen", "chosen", "chosen (eval)", GREEN),
                                         ("rewards/rejected", "rejected", "rejected (eval)", RED)])
     _style(ax_rewards, "Rewards = β × mean token log-prob\n(nearer 0 = more likely)", "step", "reward")
-
     _plot_keys(ax_margin, records, [("rewards/margins", "train", "eval", BLUE)])
     ax_margin.axhline(0, color="black", linewidth=0.8)
     _style(ax_margin, "Reward margin = chosen − rejected\n(> 0: prefers the chosen answer)", "step", "margin")
-
     _plot_keys(ax_acc, records, [("rewards/accuracies", "train", "eval", BLUE)])
     full_at = _first_full_accuracy(train)
     if full_at is not None:

@@ -1,7 +1,5 @@
-"""Profiles and parameters: one `profile` picks sensible defaults, every other parameter can override them.
-
-Used by every notebook (through `rundir.open_run`) and the runner, which validates parameters before anything
-expensive starts, so a typo costs a second, not a model download."""
+"""Profiles and parameters: one `profile` picks sensible defaults, every other parameter can override them. Used by
+every notebook (through `rundir.open_run`) and the runner, which validates them before anything expensive starts."""
 
 from __future__ import annotations
 
@@ -23,7 +21,6 @@ class ParameterError(ValueError):
 @dataclass
 class RunConfig:
     """Everything one run of the series needs. Notebooks read it from `params.json` in the run directory."""
-
     # ---- run -----------------------------------------------------------------------------------------
     run_name: str = "tiny-demo"
     profile: str = "tiny"
@@ -124,8 +121,7 @@ FSDP_NEEDS_GPUS = ("Parameter `distributed` = 'fsdp' with num_processes > 1 need
 
 
 def _from_text(value: str, expected: type):
-    """A value typed as text (`-p learning_rate 1e-3`, YAML's `1e-3`, `true`) read as `expected`, as papermill would.
-    Text that does not convert is returned unchanged, and `_check_type` rejects it with the parameter's name."""
+    """Text (`-p beta 0.2`, YAML's `1e-3`, `true`) read as `expected` as papermill does; else unchanged."""
     text = value.strip()
     if expected is bool:  # true / false in any case; "yes"/"1" stay errors: too easy to mistype
         return {"true": True, "false": False}.get(text.lower(), value)
@@ -153,8 +149,7 @@ def _check_type(name: str, value, expected: type):
 
 def resolve_config(profile: str = "tiny", overrides: dict | None = None, *, has_gpu: bool | None = None,
                    compute_capability: tuple[int, int] | None = None) -> RunConfig:
-    """Profile defaults + overrides (None means "use the default"), validated; raises ParameterError. `has_gpu` is
-    checked only when given (the runner and notebook 01 pass what they found)."""
+    """Profile defaults + overrides (None: the default), validated (ParameterError); `has_gpu` checked if given."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if profile == "auto":
         profile, why = choose_profile(compute_capability)
@@ -200,50 +195,44 @@ def _check_ranges(cfg: RunConfig) -> None:
             default = PROFILES[cfg.profile].get(name, getattr(RunConfig, name))
             raise ParameterError(f"Parameter `{name}` must be > 0, got {value!r}. Fix: pass a positive value "
                                  f"(the `{cfg.profile}` profile uses {default!r}).")
-    if cfg.max_length < _MIN_MAX_LENGTH:
-        raise ParameterError(f"Parameter `max_length` = {cfg.max_length} is too small for any prompt + answer. "
-                             f"Fix: use at least {_MIN_MAX_LENGTH} (tiny uses 128, GPU profiles 1024).")
-    if not 0.0 <= cfg.lora_dropout < 1.0:
-        raise ParameterError(f"Parameter `lora_dropout` must be in [0, 1), got {cfg.lora_dropout}. Fix: e.g. 0.05.")
-    if not 0.0 < cfg.test_share < 1.0:
-        raise ParameterError(f"Parameter `test_share` must be in (0, 1), got {cfg.test_share}. Fix: e.g. 0.1 "
-                             "(10% of the prompts become the held-out test set when the data has no test split).")
-    if not 0.0 <= cfg.warmup_ratio < 1.0:
-        raise ParameterError(f"Parameter `warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}. Fix: e.g. 0.1.")
-    if cfg.num_processes != "auto" and cfg.num_processes < 1:
-        raise ParameterError(f"Parameter `num_processes` must be >= 1 or 'auto', got {cfg.num_processes!r}. Fix: "
-                             "`-p num_processes auto` (every visible GPU) or e.g. `-p num_processes 2`.")
-    if cfg.distributed not in ("ddp", "fsdp"):
-        raise ParameterError(f"Parameter `distributed` must be 'ddp' or 'fsdp', got {cfg.distributed!r}. Fix: "
-                             "`-p distributed ddp` (a full 4-bit copy per GPU, fastest) or `fsdp` (shards the model).")
-    if cfg.report_to not in ("none", "tensorboard"):
-        raise ParameterError(f"Parameter `report_to` must be 'none' or 'tensorboard', got {cfg.report_to!r}. Fix: "
-                             "`-p report_to tensorboard` (metrics.jsonl is written either way).")
-    if cfg.ifeval_limit < 0:
-        raise ParameterError(f"Parameter `ifeval_limit` must be 0 (all prompts) or > 0, got {cfg.ifeval_limit}.")
-    if cfg.optim not in OPTIMIZERS:
-        raise ParameterError(f"Parameter `optim` must be one of {list(OPTIMIZERS)}, got {cfg.optim!r}. Fix: e.g. "
-                             "`-p optim auto` (paged 8-bit AdamW on one GPU) or `-p optim adamw_torch_fused`.")
-    if cfg.share_prompt and not cfg.fast_orpo_trainer:
-        raise ParameterError("Parameter `share_prompt` needs the fast trainer (TRL's own ORPOTrainer computes every "
-                             "prompt twice). Fix: add `-p fast_orpo_trainer true`, or drop `share_prompt`.")
-    if cfg.checkpoint_layers < -1:
-        raise ParameterError(f"Parameter `checkpoint_layers` must be -1 (all layers) or >= 0, got "
-                             f"{cfg.checkpoint_layers}. Fix: e.g. `-p checkpoint_layers 20`.")
-    if cfg.max_steps == 0 or cfg.max_steps < -1:
-        raise ParameterError(f"Parameter `max_steps` must be -1 (use num_train_epochs) or > 0, got {cfg.max_steps}. "
-                             "Fix: e.g. `-p max_steps 200`.")
-    if cfg.max_steps == -1 and not cfg.num_train_epochs > 0:
-        raise ParameterError(f"Parameter `num_train_epochs` must be > 0 when max_steps is -1, got "
-                             f"{cfg.num_train_epochs}. Fix: e.g. `-p num_train_epochs 1`.")
-    if not cfg.run_name or any(c in cfg.run_name for c in "/\\") or cfg.run_name.startswith("."):
-        raise ParameterError(f"Parameter `run_name` = {cfg.run_name!r} must be a plain folder name. "
-                             "Fix: e.g. `-p run_name my-first-run`.")
+    rules = [  # (what must hold, the error when it does not), checked in this order
+        (cfg.max_length >= _MIN_MAX_LENGTH, f"Parameter `max_length` = {cfg.max_length} is too small for any prompt "
+         f"+ answer. Fix: use at least {_MIN_MAX_LENGTH} (tiny uses 128, GPU profiles 1024)."),
+        (0.0 <= cfg.lora_dropout < 1.0,
+         f"Parameter `lora_dropout` must be in [0, 1), got {cfg.lora_dropout}. Fix: e.g. 0.05."),
+        (0.0 < cfg.test_share < 1.0, f"Parameter `test_share` must be in (0, 1), got {cfg.test_share}. Fix: e.g. 0.1 "
+         "(10% of the prompts become the held-out test set when the data has no test split)."),
+        (0.0 <= cfg.warmup_ratio < 1.0,
+         f"Parameter `warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}. Fix: e.g. 0.1."),
+        (cfg.num_processes == "auto" or cfg.num_processes >= 1, "Parameter `num_processes` must be >= 1 or 'auto', "
+         f"got {cfg.num_processes!r}. Fix: `-p num_processes auto` (every visible GPU) or e.g. `-p num_processes 2`."),
+        (cfg.distributed in ("ddp", "fsdp"), "Parameter `distributed` must be 'ddp' or 'fsdp', got "
+         f"{cfg.distributed!r}. Fix: `-p distributed ddp` (a full 4-bit copy per GPU, fastest) or `fsdp` (shards "
+         "the model)."),
+        (cfg.report_to in ("none", "tensorboard"), "Parameter `report_to` must be 'none' or 'tensorboard', got "
+         f"{cfg.report_to!r}. Fix: `-p report_to tensorboard` (metrics.jsonl is written either way)."),
+        (cfg.ifeval_limit >= 0,
+         f"Parameter `ifeval_limit` must be 0 (all prompts) or > 0, got {cfg.ifeval_limit}."),
+        (cfg.optim in OPTIMIZERS, f"Parameter `optim` must be one of {list(OPTIMIZERS)}, got {cfg.optim!r}. Fix: e.g. "
+         "`-p optim auto` (paged 8-bit AdamW on one GPU) or `-p optim adamw_torch_fused`."),
+        (cfg.fast_orpo_trainer or not cfg.share_prompt, "Parameter `share_prompt` needs the fast trainer (TRL's own "
+         "ORPOTrainer computes every prompt twice). Fix: add `-p fast_orpo_trainer true`, or drop `share_prompt`."),
+        (cfg.checkpoint_layers >= -1, "Parameter `checkpoint_layers` must be -1 (all layers) or >= 0, got "
+         f"{cfg.checkpoint_layers}. Fix: e.g. `-p checkpoint_layers 20`."),
+        (cfg.max_steps == -1 or cfg.max_steps > 0, "Parameter `max_steps` must be -1 (use num_train_epochs) or > 0, "
+         f"got {cfg.max_steps}. Fix: e.g. `-p max_steps 200`."),
+        (cfg.max_steps != -1 or cfg.num_train_epochs > 0, "Parameter `num_train_epochs` must be > 0 when max_steps "
+         f"is -1, got {cfg.num_train_epochs}. Fix: e.g. `-p num_train_epochs 1`."),
+        (cfg.run_name and not any(c in cfg.run_name for c in "/\\") and not cfg.run_name.startswith("."),
+         f"Parameter `run_name` = {cfg.run_name!r} must be a plain folder name. Fix: e.g. `-p run_name my-first-run`."),
+    ]
+    for holds, error in rules:
+        if not holds:
+            raise ParameterError(error)
 
 
 def values_table(cfg: RunConfig, names: list[str] | tuple[str, ...], columns: int = 3) -> str:
-    """The values a notebook uses as an aligned table (every notebook prints one after opening the run); `*` marks
-    an override of the profile's default."""
+    """The aligned table of values every notebook prints after opening the run; `*` marks an override of the profile."""
     defaults = resolve_config(cfg.profile)
     cells = [f"{name}{'*' if getattr(cfg, name) != getattr(defaults, name) else ''} = {getattr(cfg, name)!r}"
              for name in names]

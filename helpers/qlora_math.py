@@ -13,8 +13,7 @@ MISTRAL_7B_CONFIG: dict = {
     "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
     "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 32768, "initializer_range": 0.02,
     "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False,
-    "use_cache": True, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
-}
+    "use_cache": True, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}
 
 MISTRAL_7B_NAME = "Mistral-7B-v0.1"
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -26,7 +25,6 @@ MiB = 2**20
 def mistral_7b_config():
     """Mistral-7B-v0.1's config as a `transformers.MistralConfig`, built offline from MISTRAL_7B_CONFIG."""
     from transformers import MistralConfig
-
     return MistralConfig(**{k: v for k, v in MISTRAL_7B_CONFIG.items() if k not in ("architectures", "model_type")})
 
 
@@ -102,9 +100,8 @@ def _quant_state_bytes(n: int, *, double_quant: bool, blocksize: int) -> int:
 
 def memory_estimate(config, *, quant_type: str = "nf4", double_quant: bool = True, blocksize: int = 64,
                     compute_bytes: int = 2) -> dict:
-    """Bytes of the 4-bit model as bitsandbytes stores it, against all parameters in 16 bits (notebook 03).
-    `compute_bytes`: 2 (bf16/fp16) or 4 (the fp32 CPU path); `quant_type` changes the values, not the bytes.
-    Mistral-7B-v0.1 (bf16): footprint 3,828.5 MiB vs 13,812.5 MiB in 16 bits, 3.61x; +105.9 MiB quant state."""
+    """Bytes of the 4-bit model as bitsandbytes stores it, against all parameters in 16 bits (notebook 03). Mistral-7B
+    (bf16, `compute_bytes` 2; 4 is the fp32 CPU path): footprint 3,828.5 MiB vs 13,812.5 MiB in 16 bits, 3.61x."""
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
     if blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
@@ -135,8 +132,7 @@ def memory_estimate(config, *, quant_type: str = "nf4", double_quant: bool = Tru
 
 def qlora_table(run_config, lora_r: int, target_modules=ALL_PROJECTIONS, *, compute_bytes: int = 2,
                 run_name: str = "this run", **kw) -> str:
-    """Aligned text table: this run's model beside Mistral-7B-v0.1, from the configs (03: memory rows, 04: LoRA rows).
-    `compute_bytes` is for this run's column only (Mistral-7B's: bf16); other keywords go to `memory_estimate`."""
+    """Notebooks 03 (memory rows) and 04 (LoRA rows): this run's model beside Mistral-7B-v0.1 (bf16), a text table."""
     columns = []
     for config, cbytes in ((run_config, compute_bytes), (MISTRAL_7B_CONFIG, 2)):
         total = parameter_counts(config)["total"]

@@ -10,15 +10,10 @@ def write_report(run: RunDir, cfg, results: dict) -> None:
     data = read_json(run.root / "data_report.json") if (run.root / "data_report.json").exists() else {}
     train = read_json(run.train_summary) if run.train_summary.exists() else {}
     base, tuned = results["base"], results["tuned"]
-    lines = [
-        f"# ORPO + QLoRA run `{cfg.run_name}`",
-        "",
-        f"Profile `{cfg.profile}`, model `{cfg.model_id}`, data `{cfg.dataset_id}`, seed {cfg.seed}.",
-        f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}; ORPO beta={cfg.beta}, lr={cfg.learning_rate}, "
-        f"max_length={cfg.max_length}.",
-        "",
-        "## Data",
-    ]
+    lines = [f"# ORPO + QLoRA run `{cfg.run_name}`", "",
+             f"Profile `{cfg.profile}`, model `{cfg.model_id}`, data `{cfg.dataset_id}`, seed {cfg.seed}.",
+             f"LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}; ORPO beta={cfg.beta}, lr={cfg.learning_rate}, "
+             f"max_length={cfg.max_length}.", "", "## Data"]
     for split, n in data.get("splits", {}).items():
         bad = (data.get("bad_rows", {}).get(split) or {})
         long = data.get("too_long", {}).get(split)

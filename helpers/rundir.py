@@ -1,7 +1,5 @@
-"""The run directory `outputs/<run_name>/`: the only way notebooks hand data to each other (all notebooks).
-
-Every notebook starts with `open_run(...)`: 01 creates the run, 02-05 read `params.json`. A finished run (05 wrote
-eval.json) is never overwritten: pick a new run_name, or pass overwrite=True, which *archives* the old run."""
+"""The run directory `outputs/<run_name>/`: the only way notebooks hand data to each other (all notebooks). Every
+notebook starts with `open_run(...)`; a finished run is never overwritten (overwrite=True archives it)."""
 
 from __future__ import annotations
 
@@ -41,7 +39,6 @@ def outputs_root() -> Path:
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one run. Names, not logic: what lives where is documented in outputs/README.md."""
-
     root: Path
 
     params = property(lambda self: self.root / "params.json")
@@ -144,11 +141,9 @@ def _release_finished() -> None:
 def open_run(run_name: str, profile: str | None = None, overrides: dict | None = None, *, start: bool = False,
              overwrite: bool = False, has_gpu: bool | None = None, compute_capability: tuple[int, int] | None = None,
              stage: str | None = None) -> tuple[RunConfig, RunDir]:
-    """Open (or with start=True, create) a run and return its validated config and paths.
-    start=True (notebook 01, the runner): resolve `profile` + overrides and write params.json; an unfinished run
-    re-opens only with the same parameters. start=False (notebooks 02-05, `stage` = the notebook's number): read
-    params.json and record non-None overrides, unless outputs of this stage or a later one (or a finished run) were
-    made with the stored values: then RunRecordError, so params.json always describes the run's outputs."""
+    """Open (start=True: create) a run; return its validated config and paths. start=True (notebook 01, the runner)
+    writes params.json; an unfinished run re-opens only with the same parameters. Else (02-05, `stage` = the notebook):
+    record non-None overrides; RunRecordError if outputs of this or a later stage (or 05) used the old ones."""
     run = RunDir(outputs_root() / run_name)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if start:
@@ -163,9 +158,8 @@ def open_run(run_name: str, profile: str | None = None, overrides: dict | None =
                                   "never overwritten silently. Fix: choose a new run_name, or pass "
                                   "overwrite=True (runner: --overwrite) to archive the old run first.")
         if changed and not overwrite:
-            raise FileExistsError(f"Run {run_name!r} already exists with other parameters {changed} "
-                                  "(stored, new). Fix: choose a new run_name, or pass overwrite=True to "
-                                  "archive it and start over.")
+            raise FileExistsError(f"Run {run_name!r} already exists with other parameters {changed} (stored, new). "
+                                  "Fix: choose a new run_name, or pass overwrite=True to archive it and start over.")
         hold_run(run, "01")  # before the archive: the run may be someone else's
         if run.is_finished() or changed:
             archive_run(run)

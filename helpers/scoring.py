@@ -11,15 +11,8 @@ import torch
 from .chat import prompt_and_answer_texts, template_facts, trl_tokens
 
 
-def compute_dtype_of(model) -> torch.dtype | None:
-    """The half-precision dtype the model computes in (from its input embeddings), or None for fp32 models."""
-    dtype = model.get_input_embeddings().weight.dtype
-    return dtype if dtype in (torch.float16, torch.bfloat16) else None
-
-
 def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[int], int]]:
-    """Token ids of each prompt + answer and its prompt's length, exactly as TRL's ORPOTrainer builds them
-    (`chat.trl_tokens`), so held-out scores mean what training optimized; all texts in one batched call."""
+    """Ids of each prompt + answer and its prompt length as ORPOTrainer builds them (`chat.trl_tokens`), batched."""
     texts = [prompt_and_answer_texts(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
     ids = tokenizer([p for p, _ in texts] + [p + a for p, a in texts], add_special_tokens=False)["input_ids"]
     n = len(texts)
@@ -28,12 +21,11 @@ def encode_answers(tokenizer, prompts: list, answers: list) -> list[tuple[list[i
 
 @contextmanager
 def scoring_session(model, tokenizer):
-    """(device, pad id, autocast in the model's half-precision dtype, so fp32 LoRA weights and norms don't drag
-    activations into fp32), with the model in eval mode until the block ends."""
+    """(device, pad id, autocast in the model's half-precision dtype), the model in eval mode until the block ends."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    dtype = compute_dtype_of(model)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    dtype = model.get_input_embeddings().weight.dtype  # the half-precision dtype it computes in, if any
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype in (torch.float16, torch.bfloat16) else nullcontext()
     was_training = model.training
     model.eval()
     try:
@@ -43,9 +35,8 @@ def scoring_session(model, tokenizer):
 
 
 def padded_batches(encoded: list, pad: int, max_batch_tokens: int, batch_size: int | None = None):
-    """Length-sorted batches (longest first: an out-of-memory shows at once) of at most `max_batch_tokens` padded
-    tokens and `batch_size` rows: (indices into `encoded`, ids, labels with -100 off the answers, attention mask),
-    right-padded. Shared by the readable scorer below and engine.scoring."""
+    """Right-padded batches, longest first, of at most `max_batch_tokens` padded tokens and `batch_size` rows: (indices
+    into `encoded`, ids, labels with -100 off the answers, attention mask); engine.scoring uses them too."""
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     start = 0
     while start < len(order):
@@ -67,14 +58,11 @@ def padded_batches(encoded: list, pad: int, max_batch_tokens: int, batch_size: i
 def mean_answer_logps(model, tokenizer, prompts: list, answers: list, batch_size: int | None = None,
                       max_batch_tokens: int | None = None, fast: bool = False, share_prompt: bool = False,
                       share_prompt_backend: str = "auto") -> list[float]:
-    """Mean per-token log-prob of each answer given its prompt (answer tokens only, EOS included).
-    Longest first (an out-of-memory shows at once), in batches of at most `max_batch_tokens` padded tokens (default
-    4,096; 16,384 for the fast path, which computes logits at answer tokens only) and `batch_size` rows, if given.
-    fast / share_prompt: engine.scoring.fast_answer_logps (share_prompt: each prompt computed once for its answers)."""
+    """Mean per-token log-prob of each answer given its prompt (answer tokens only, EOS included; notebook 05), in
+    `padded_batches`; fast / share_prompt: engine.scoring.fast_answer_logps (defaults: docs/design-decisions.md)."""
     encoded = encode_answers(tokenizer, prompts, answers)
     if fast or share_prompt:
         from engine.scoring import fast_answer_logps
-
         return fast_answer_logps(model, tokenizer, encoded, batch_size, max_batch_tokens or 16384,
                                  share_prompt=share_prompt, share_prompt_backend=share_prompt_backend)
     max_batch_tokens = max_batch_tokens or 4096
@@ -108,10 +96,9 @@ def preference_metrics(chosen_logps: list[float], rejected_logps: list[float], b
 
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 32, streamer=None):
-    """Greedy completions (strings) for conversational prompts (notebooks 03, 05), batched with LEFT padding (right
-    padding puts pads between a prompt and its continuation). The prompt starts as in training (BOS added when the
-    template has none, as TRL does); generation stops at EOS or the template's end-of-turn token. `streamer`:
-    transformers' streamer that also receives the tokens as they come (helpers.chat.stream_reply)."""
+    """Greedy completions (strings) for conversational prompts (notebooks 03, 05), batched with LEFT padding. The
+    prompt starts as in training (BOS added when the template has none, as TRL does); generation stops at EOS or the
+    template's end-of-turn token. `streamer` also receives the tokens as they come (helpers.chat.stream_reply)."""
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     was_training = model.training

@@ -1,10 +1,5 @@
 """Optional experiment tracking (notebook 04, the runner): `-p report_to tensorboard` also writes the trainer's log
-as TensorBoard event files. Off by default; `metrics.jsonl` is written either way and stays what the notebooks read.
-
-Where: `outputs/tensorboard/<group>/<run_name>/`. The group is the sweep's base name for the runs of a sweep
-(`runner.sweep` sets $ORPO_TRACKING_GROUP), else the run's own name, so `tensorboard --logdir
-outputs/tensorboard/<group>` shows one run, or a sweep's runs side by side. transformers 5 has no `logging_dir`
-argument: its TensorBoard callback reads the folder from $TENSORBOARD_LOGGING_DIR and writes on rank 0 only."""
+as TensorBoard event files; `metrics.jsonl` is written either way (docs/design-decisions.md, Experiment tracking)."""
 
 from __future__ import annotations
 
@@ -27,27 +22,19 @@ def check_tracking(cfg) -> None:
     """Before anything expensive: `report_to tensorboard` needs the tensorboard package (an optional requirement)."""
     if cfg.report_to == "tensorboard" and not tensorboard_installed():
         raise ParameterError("Parameter `report_to` is 'tensorboard', but the tensorboard package is not installed. "
-                             f"Fix: `{INSTALL}` (in the course's folder, into this environment; then restart the kernel "
-                             "if you are in Jupyter), or set report_to to 'none' (`-p report_to none`): metrics.jsonl "
-                             "is written either way.")
-
-
-def tracking_group(run_name: str) -> str:
-    """The folder under outputs/tensorboard/ that groups runs: $ORPO_TRACKING_GROUP (a sweep's base), else the run."""
-    return os.environ.get(GROUP_ENV) or run_name
+                             f"Fix: `{INSTALL}` (in the course's folder, into this environment; then restart the "
+                             "kernel if you are in Jupyter), or set report_to to 'none' (`-p report_to none`): "
+                             "metrics.jsonl is written either way.")
 
 
 def tensorboard_dir(run_root: Path) -> Path:
-    """outputs/tensorboard/<group>/<run_name>/ for the run directory outputs/<run_name>/."""
-    return run_root.parent / "tensorboard" / tracking_group(run_root.name) / run_root.name
+    """outputs/tensorboard/<group>/<run_name>/: the group is $ORPO_TRACKING_GROUP (a sweep's base), else the run."""
+    return run_root.parent / "tensorboard" / (os.environ.get(GROUP_ENV) or run_root.name) / run_root.name
 
 
 def start_tensorboard(run) -> Path:
-    """Point transformers' TensorBoard callback at the run's folder (`run`: a RunDir; call before building the trainer).
-
-    A run that resumes from a checkpoint appends to its folder; a run that trains from step 0 (a new run, or one
-    archived with --overwrite) first moves an earlier folder aside to `<run_name>.replaced-<time>`, so two attempts
-    never draw one curve. With several processes every rank calls this; only rank 0 moves the folder (and writes)."""
+    """Point transformers' TensorBoard callback at the run's folder (`run`: a RunDir; call before building the trainer);
+    a run that trains from step 0 first moves an earlier folder aside (rank 0 only): two attempts, two curves."""
     folder = tensorboard_dir(run.root)
     resuming = any(run.checkpoints.glob("checkpoint-*"))
     if not resuming and int(os.environ.get("RANK", 0)) == 0 and folder.exists() and any(folder.iterdir()):
