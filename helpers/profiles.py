@@ -64,7 +64,7 @@ class RunConfig:
     eval_steps: int = 100
     logging_steps: int = 20
     save_steps: int = 100
-    report_to: str = "none"                     # "tensorboard": also log to outputs/tensorboard/<run_name>
+    report_to: str = "none"                     # "tensorboard": also log to outputs/tensorboard/<group>/<run>
     # ---- evaluation (notebook 05) --------------------------------------------------------------------
     eval_batch_size: int = 64
     max_new_tokens: int = 16
@@ -72,6 +72,7 @@ class RunConfig:
     merge_adapter: bool = False
     ifeval: bool = False                        # lm-evaluation-harness' IFEval, base vs tuned (needs the Hub)
     ifeval_limit: int = 0                       # 0 = all 541 prompts; N = the first N (a quick, rough look)
+    ifeval_batch_size: int = 8                  # prompts generated together (up to 1,280 new tokens each)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -86,13 +87,13 @@ _GPU_COMMON = dict(model_id=MISTRAL_7B, dataset_id=ULTRAFEEDBACK, max_length=102
 # profile was sized"); t4 needs ~8 GiB of a 16 GB card, a100 (not measured) ~19 GiB with full checkpointing.
 PROFILES: dict[str, dict] = {
     "tiny": {},
-    "t4": {**_GPU_COMMON, "n_train": 1000, "n_eval": 200,
+    "t4": {**_GPU_COMMON, "n_train": 1000, "n_eval": 200, "ifeval_batch_size": 16,
            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4},
-    "a100": {**_GPU_COMMON, "n_train": 5000, "n_eval": 500, "use_liger_kernel": True,
+    "a100": {**_GPU_COMMON, "n_train": 5000, "n_eval": 500, "use_liger_kernel": True, "ifeval_batch_size": 32,
              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
     "h100": {**_GPU_COMMON, "n_train": 10000, "n_eval": 2000, "use_liger_kernel": True, "share_prompt": True,
              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "checkpoint_layers": 22,
-             "optim": "adamw_torch_fused"},
+             "optim": "adamw_torch_fused", "ifeval_batch_size": 64},
 }
 GPU_PROFILES = ("t4", "a100", "h100")
 
@@ -111,7 +112,7 @@ def choose_profile(compute_capability: tuple[int, int] | None) -> tuple[str, str
 
 _POSITIVE = ("n_train", "n_validation", "n_eval", "lora_r", "lora_alpha", "learning_rate", "beta",
              "per_device_train_batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps",
-             "save_steps", "eval_batch_size", "max_new_tokens")
+             "save_steps", "eval_batch_size", "max_new_tokens", "ifeval_batch_size")
 _MIN_MAX_LENGTH = 16  # below this no prompt + answer fits, not even the offline default's
 # `optim` values notebook 04 accepts ("auto" is resolved there, from the device and the number of processes)
 OPTIMIZERS = ("auto", "paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused")

@@ -138,6 +138,9 @@ def _release_finished() -> None:
             release_run(RunDir(root))
 
 
+EVALUATION_ADD_ONS = {"ifeval", "ifeval_limit", "ifeval_batch_size", "merge_adapter"}  # 05's optional sections
+
+
 def open_run(run_name: str, profile: str | None = None, overrides: dict | None = None, *, start: bool = False,
              overwrite: bool = False, has_gpu: bool | None = None, compute_capability: tuple[int, int] | None = None,
              stage: str | None = None) -> tuple[RunConfig, RunDir]:
@@ -176,6 +179,8 @@ def open_run(run_name: str, profile: str | None = None, overrides: dict | None =
     changed = {k: (stored.get(k), v) for k, v in cfg.to_dict().items() if stored.get(k) != v}
     fix = (f"Fix: start a new run (a new run_name, from notebook 01), or rerun the series with the runner's "
            f"--overwrite, which archives outputs/{run_name}/ first.")
+    if stage == "05" and changed and set(changed) <= EVALUATION_ADD_ONS:
+        stage = None  # IFEval or the merges on a finished run: they add outputs, and params.json records them
     if stage is not None:
         done = [s for s in run.done_stages() if s >= stage]
         if run.is_finished() and (changed or stage == "04"):

@@ -12,7 +12,8 @@ TRAINER_PATH = ("fast_orpo_trainer", "gradient_checkpointing", "checkpoint_layer
                 "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio",
                 "eval_batch_size", "optim")
 HARDWARE_SIZED = ("num_processes", "distributed", "model_id", "dataset_id", "n_train", "n_validation", "n_eval",
-                  "max_length", "learning_rate", "max_steps", "eval_steps", "logging_steps", "save_steps", "max_new_tokens", "n_generation_examples")
+                  "max_length", "learning_rate", "max_steps", "eval_steps", "logging_steps", "save_steps", "max_new_tokens", "n_generation_examples",
+                  "ifeval_batch_size")
 
 
 def cpu_rehearsal(profile: str, *, max_steps: int = 12, every: int = 4, decoder_layers: int = 2) -> dict:

@@ -161,6 +161,22 @@ def test_completed_training_is_never_retrained_by_rerunning_notebook_04(outputs)
         open_run("rec4", overrides={"max_new_tokens": 4}, stage="05")
 
 
+def test_a_finished_run_reopens_in_notebook_05_for_ifeval_or_merges_only(outputs):
+    """IFEval and the merges add outputs to a finished run (README: a Hub user's run, then IFEval); anything else that
+    05 would change stays refused, and params.json records what was added."""
+    from helpers.rundir import RunRecordError
+
+    _, run = open_run("hub", "tiny", start=True)
+    _finish(run, "02", "03", "04", "05")
+    cfg, _ = open_run("hub", overrides={"ifeval": True, "ifeval_limit": 16, "merge_adapter": True}, stage="05")
+    assert (cfg.ifeval, cfg.ifeval_limit, cfg.merge_adapter) == (True, 16, True)
+    assert json.loads(run.params.read_text())["ifeval"] is True
+    with pytest.raises(RunRecordError, match="is finished.*max_new_tokens"):
+        open_run("hub", overrides={"ifeval": True, "max_new_tokens": 4}, stage="05")
+    with pytest.raises(RunRecordError, match="is finished"):
+        open_run("hub", overrides={"ifeval": False}, stage="04")
+
+
 def test_overrides_before_their_stage_ran_are_recorded(outputs):
     _, run = open_run("fresh", "tiny", start=True)
     _finish(run, "02", "03")
