@@ -33,6 +33,7 @@ import yaml
 
 from helpers.profiles import PROFILES, ParameterError, choose_profile, resolve_config
 from helpers.rundir import REPO_ROOT, STAGE_DONE, RunDir, hold_run, open_run, outputs_root, release_run
+from helpers.ifeval import check_ready
 from helpers.tracking import check_tracking
 
 NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")
@@ -100,13 +101,24 @@ def validate(args: argparse.Namespace, overrides: dict) -> tuple[str, dict]:
     for reserved in ("run_name", "profile"):
         if reserved in overrides:
             raise ParameterError(f"Pass `{reserved}` with --{reserved.replace('_', '-')}, not as -p/-f.")
-    # `report_to tensorboard` without tensorboard installed: said before the run folder exists (its fix is a new -p)
-    check_tracking(resolve_config(named_after, {**overrides, "run_name": run_name}))
+    # optional packages the parameters need: said before the run folder exists (the fix is an install or a new -p)
+    check_optional_packages(resolve_config(named_after, {**overrides, "run_name": run_name}))
     cfg, run = open_run(run_name, args.profile, overrides, start=True, overwrite=args.overwrite, has_gpu=has_gpu,
                         compute_capability=cc)
     if run.checkpoints.exists():
         print(f"Resuming unfinished run {run_name!r} with its stored parameters.")
     return run_name, {"run_name": run_name, "profile": cfg.profile, "overrides": overrides}
+
+
+def check_optional_packages(cfg) -> None:
+    """`report_to tensorboard` needs tensorboard; `ifeval` needs lm-eval and nltk's punkt_tab, in notebook 05 (section
+    7), after hours of training on a GPU: both are checked before anything runs."""
+    check_tracking(cfg)
+    if cfg.ifeval:
+        try:
+            check_ready()
+        except (ImportError, LookupError) as err:
+            raise ParameterError(str(err)) from None
 
 
 def run_series(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import time
 import runner
 from helpers.profiles import ParameterError, resolve_config
 from helpers.rundir import RunDir, outputs_root, read_json
-from helpers.tracking import GROUP_ENV, check_tracking
+from helpers.tracking import GROUP_ENV
 from runner import compare
 
 
@@ -74,7 +74,7 @@ def plan(args: argparse.Namespace, sweeps: list[tuple[str, list[str]]]) -> list[
         swept = {k: runner.papermill_value(v) for k, v in combination}
         cfg = resolve_config(args.profile, {**overrides, **swept, "run_name": name}, has_gpu=has_gpu,
                              compute_capability=cc)
-        check_tracking(cfg)
+        runner.check_optional_packages(cfg)
         run = RunDir(outputs_root() / name)
         action = "run"
         if run.is_finished() and not args.overwrite:

@@ -115,3 +115,22 @@ def test_base_and_tuned_scored_on_local_ifeval_rows(offline):
         assert set(scores[name]) == set(METRICS) and all(0.0 <= v <= 1.0 for v in scores[name].values()), scores
     assert samples["base"] != samples["tuned"]  # the adapter was off, then on
     print(ifeval_table(scores))
+
+
+def test_the_runner_and_the_sweep_say_so_before_anything_runs(offline, monkeypatch, capsys):
+    """`-p ifeval true` is needed only in notebook 05, after training: a missing punkt_tab (or lm-eval) must stop the
+    runner and the sweep at the start, with one error and no run folder."""
+    import nltk
+
+    import runner
+    from runner import sweep
+
+    outputs = offline / "outputs"
+    outputs.mkdir()
+    monkeypatch.setenv("ORPO_OUTPUTS_DIR", str(outputs))
+    monkeypatch.setattr(nltk.data, "path", [str(offline / "empty")])
+    assert runner.main(["--run-name", "hub", "-p", "ifeval", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("ERROR") == 1 and "punkt_tab" in err and not list(outputs.iterdir())
+    assert sweep.main(["--sweep", "beta=0.05,0.1", "--run-name", "s", "-p", "ifeval", "true"]) == 2
+    assert "punkt_tab" in capsys.readouterr().err and not list(outputs.iterdir())
