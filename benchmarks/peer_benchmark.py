@@ -2,7 +2,8 @@
 
     bash benchmarks/peer_benchmark.sh part1     # on the GPU box: Unsloth (2 ways), TRL's best stock settings, ours
     bash benchmarks/peer_benchmark.sh part2     # ours without expandable segments, the seed recipe, scoring x3
-    python benchmarks/peer_benchmark.py combine A.json B.json ... --out peer_benchmark.json   # anywhere
+    python benchmarks/peer_benchmark.py combine A.json B.json ... --out peer_benchmark.json   # anywhere; a combined
+                                                                   # file given as input adds its rows
 
 Every row runs in its own process (`row NAME`), on the model `build` saved: Mistral-7B-v0.1's exact config with
 random weights (speed and memory don't depend on the weights), loaded in 4-bit nf4 by each contender's own loader,
@@ -359,9 +360,8 @@ def combine(paths: list[str]) -> dict:
     runs: dict[str, list] = {}
     for p in paths:  # a row measured in several calls (ours: once per part) counts with its median tokens/s
         r = json.loads(Path(p).read_text())
-        if "row" not in r:
-            continue  # a combined file
-        runs.setdefault(r["row"], []).append(r)
+        for row in r["rows"].values() if "rows" in r else [r]:  # a combined file (part 1, committed) adds its rows
+            runs.setdefault(row["row"], []).append(row)
     rows = {}
     for name, found in runs.items():
         good = sorted((r for r in found if r.get("tokens_per_s")), key=lambda r: r["tokens_per_s"])

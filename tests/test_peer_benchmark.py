@@ -70,6 +70,12 @@ def test_combine_compares_with_the_fastest_peer(rows, tmp_path):
     assert summary["ours_over_fastest_peer"] == expected
     assert summary["goal_met"] == (expected >= 1.5)  # peaks are None on a CPU: only the ratio decides
     assert "trl_best" in done.stdout and "ours" in done.stdout
+    # part 2 of a run combined with part 1's committed file: its rows come along, a repeated row counts its median
+    again = run("combine", str(tmp_path / "all.json"), str(paths["ours"]), "--out", str(tmp_path / "both.json"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert set(both["rows"]) == set(paths) and both["rows"]["ours"]["repeats_tokens_per_s"] == [
+        rows_["ours"]["tokens_per_s"]] * 2
 
 
 def test_a_failed_row_is_recorded_not_fatal(rows, tmp_path):
