@@ -358,8 +358,12 @@ def run_row(name: str, a) -> dict:
 
 def combine(paths: list[str]) -> dict:
     runs: dict[str, list] = {}
+    per_run = []  # ours / the fastest peer as measured within one call (one machine): the spread between runs
     for p in paths:  # a row measured in several calls (ours: once per part) counts with its median tokens/s
         r = json.loads(Path(p).read_text())
+        s = r.get("summary") or {}
+        per_run += s.get("ours_over_fastest_peer_per_run") or (
+            [s["ours_over_fastest_peer"]] if "ours_over_fastest_peer" in s else [])
         for row in r["rows"].values() if "rows" in r else [r]:  # a combined file (part 1, committed) adds its rows
             runs.setdefault(row["row"], []).append(row)
     rows = {}
@@ -383,6 +387,8 @@ def combine(paths: list[str]) -> dict:
                                and (ok["ours"].get("peak_allocated_gib") or 0) <= 40)
         summary["ours_over_each"] = {k: round(ok["ours"]["tokens_per_s"] / r["tokens_per_s"], 2)
                                      for k, r in ok.items() if k != "ours"}
+        if per_run:
+            summary["ours_over_fastest_peer_per_run"] = per_run
     if "seed" in rows and rows["seed"].get("scoring"):
         sc = rows["seed"]["scoring"]
         summary["scoring_ratio_median"] = sc["ratio_median"]

@@ -76,6 +76,10 @@ def test_combine_compares_with_the_fastest_peer(rows, tmp_path):
     both = json.loads((tmp_path / "both.json").read_text())
     assert set(both["rows"]) == set(paths) and both["rows"]["ours"]["repeats_tokens_per_s"] == [
         rows_["ours"]["tokens_per_s"]] * 2
+    # each run's own ratio (ours and the peer on one machine) is kept beside the median's, however often combined
+    assert both["summary"]["ours_over_fastest_peer_per_run"] == [expected]
+    twice = run("combine", str(tmp_path / "both.json"), str(tmp_path / "all.json"), "--out", str(tmp_path / "3.json"))
+    assert json.loads((tmp_path / "3.json").read_text())["summary"]["ours_over_fastest_peer_per_run"] == [expected] * 2
 
 
 def test_a_failed_row_is_recorded_not_fatal(rows, tmp_path):
