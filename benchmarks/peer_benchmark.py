@@ -3,7 +3,7 @@
     bash benchmarks/peer_benchmark.sh part1     # on the GPU box: Unsloth (2 ways), TRL's best stock settings, ours
     bash benchmarks/peer_benchmark.sh part2     # ours without expandable segments, the seed recipe, scoring x3
     python benchmarks/peer_benchmark.py combine A.json B.json ... --out peer_benchmark.json   # anywhere; a combined
-                                                                   # file given as input adds its rows
+                    # file given as input adds its rows, and its own ours / fastest-peer ratio to the per-run list
 
 Every row runs in its own process (`row NAME`), on the model `build` saved: Mistral-7B-v0.1's exact config with
 random weights (speed and memory don't depend on the weights), loaded in 4-bit nf4 by each contender's own loader,

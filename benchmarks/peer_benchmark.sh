@@ -5,7 +5,7 @@
 # Device tool: run(command="bash benchmarks/peer_benchmark.sh part1", carry=[".whl", ".whl_peer"], timeout_s=600),
 # after `bash ../shared/tools/gpu-wheels.sh` and `bash benchmarks/peer_wheels.sh` here. Each row is its own process
 # (its JSON in $OUT/peer_<row>.json, the log in $OUT/peer_<part>.log); a failed row is recorded and the next one runs.
-# Then, here: python benchmarks/peer_benchmark.py combine <files> --out benchmarks/results/peer_benchmark.json
+# Then, here: python benchmarks/peer_benchmark.py combine <peer_part*.json> --out benchmarks/results/peer_benchmark.json
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part="${1:?usage: peer_benchmark.sh part1|part2}"
