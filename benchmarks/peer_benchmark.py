@@ -359,13 +359,17 @@ def run_row(name: str, a) -> dict:
 def combine(paths: list[str]) -> dict:
     runs: dict[str, list] = {}
     per_run = []  # ours / the fastest peer as measured within one call (one machine): the spread between runs
+    scorings = []  # the seed row's scoring reps, one entry per run that scored
     for p in paths:  # a row measured in several calls (ours: once per part) counts with its median tokens/s
         r = json.loads(Path(p).read_text())
         s = r.get("summary") or {}
         per_run += s.get("ours_over_fastest_peer_per_run") or (
             [s["ours_over_fastest_peer"]] if "ours_over_fastest_peer" in s else [])
+        scorings += s.get("scoring_runs") or []
         for row in r["rows"].values() if "rows" in r else [r]:  # a combined file (part 1, committed) adds its rows
             runs.setdefault(row["row"], []).append(row)
+            if row["row"] == "seed" and row.get("scoring") and "scoring_runs" not in s:
+                scorings.append(row["scoring"])
     rows = {}
     for name, found in runs.items():
         good = sorted((r for r in found if r.get("tokens_per_s")), key=lambda r: r["tokens_per_s"])
@@ -389,10 +393,12 @@ def combine(paths: list[str]) -> dict:
                                      for k, r in ok.items() if k != "ours"}
         if per_run:
             summary["ours_over_fastest_peer_per_run"] = per_run
-    if "seed" in rows and rows["seed"].get("scoring"):
-        sc = rows["seed"]["scoring"]
-        summary["scoring_ratio_median"] = sc["ratio_median"]
-        summary["scoring_ratio_spread"] = [sc["ratio_min"], sc["ratio_max"]]
+    if scorings:  # every run's reps count together; each run's own median is kept, and the reps for a later combine
+        ratios = [rep["ratio"] for sc in scorings for rep in sc["reps"]]
+        summary["scoring_ratio_median"] = statistics.median(ratios)
+        summary["scoring_ratio_spread"] = [min(ratios), max(ratios)]
+        summary["scoring_ratio_median_per_run"] = [sc["ratio_median"] for sc in scorings]
+        summary["scoring_runs"] = scorings
     summary["failed_rows"] = {k: r["error"] for k, r in rows.items() if r.get("error")}
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows, "summary": summary}
 
@@ -410,7 +416,7 @@ def print_table(result: dict) -> None:
             lines.append((name, "FAILED", (r.get("error") or "")[:100], "", "", "", ""))
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths, strict=True)) for x in lines))
-    print(json.dumps(result["summary"], indent=1))
+    print(json.dumps({k: v for k, v in result["summary"].items() if k != "scoring_runs"}, indent=1))  # reps: logged
 
 
 def main(argv=None) -> int:

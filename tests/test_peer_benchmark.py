@@ -76,10 +76,16 @@ def test_combine_compares_with_the_fastest_peer(rows, tmp_path):
     both = json.loads((tmp_path / "both.json").read_text())
     assert set(both["rows"]) == set(paths) and both["rows"]["ours"]["repeats_tokens_per_s"] == [
         rows_["ours"]["tokens_per_s"]] * 2
+    # the scoring reps of every run that scored count together, and each run's own median is kept
+    ratios = [rep["ratio"] for rep in rows_["seed"]["scoring"]["reps"]]
+    assert both["summary"]["scoring_ratio_median_per_run"] == [rows_["seed"]["scoring"]["ratio_median"]]
+    assert both["summary"]["scoring_ratio_spread"] == [min(ratios), max(ratios)]
     # each run's own ratio (ours and the peer on one machine) is kept beside the median's, however often combined
     assert both["summary"]["ours_over_fastest_peer_per_run"] == [expected]
     twice = run("combine", str(tmp_path / "both.json"), str(tmp_path / "all.json"), "--out", str(tmp_path / "3.json"))
-    assert json.loads((tmp_path / "3.json").read_text())["summary"]["ours_over_fastest_peer_per_run"] == [expected] * 2
+    three = json.loads((tmp_path / "3.json").read_text())["summary"]
+    assert three["ours_over_fastest_peer_per_run"] == [expected] * 2
+    assert three["scoring_ratio_median_per_run"] == [rows_["seed"]["scoring"]["ratio_median"]] * 2  # both inputs' runs
 
 
 def test_a_failed_row_is_recorded_not_fatal(rows, tmp_path):
