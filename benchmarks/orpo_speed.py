@@ -698,8 +698,8 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
     """Notebook 05's held-out scoring (helpers.scoring.mean_answer_logps, chosen + rejected answers of every pair)
     vs ORPOTrainer.evaluate on the same pairs.
 
-    evaluate runs on the first `subset` pairs at each eval batch size in `batch_sizes` (after an untimed warm-up on
-    8 other pairs) and is extrapolated linearly to all pairs; the faster batch size is the reference. The scorer
+    evaluate runs on the first `subset` pairs at each eval batch size in `batch_sizes` (after an untimed pass over
+    the same pairs at that batch size: its first pass is 26-34% slower, peer_benchmark showed) and is extrapolated linearly to all pairs; the faster batch size is the reference. The scorer
     runs on all pairs, on `scorer_model` loaded the way notebook 05 loads it. Agreement: the scorer on the trainer's
     own model and the subset reproduces evaluate's mean chosen/rejected log-probs. With `share_prompt`, the scorer
     is also timed with prefix sharing (chosen + rejected in one call), and its scores compared with the unshared ones;
@@ -717,9 +717,9 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
     n = len(eval_rows)
     tokenized = eval_rows.map(maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer}).map(
         trainer.tokenize_row)
-    time_evaluate(trainer, tokenized.select(range(subset, subset + 8)), max(batch_sizes))  # warm-up, untimed
     evaluate, metrics = {}, None
     for bs in batch_sizes:
+        time_evaluate(trainer, tokenized.select(range(subset)), bs)  # warm-up over the same shapes, untimed
         t_eval, metrics = time_evaluate(trainer, tokenized.select(range(subset)), bs)
         evaluate[bs] = {"seconds_measured": round(t_eval, 2), "seconds_extrapolated": round(t_eval * n / subset, 1),
                         "pairs_per_s": round(subset / t_eval, 2)}
