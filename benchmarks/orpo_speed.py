@@ -699,8 +699,8 @@ def eval_speed(trainer, eval_rows, subset: int, scorer_model, tokenizer, batch_s
     vs ORPOTrainer.evaluate on the same pairs.
 
     evaluate runs on the first `subset` pairs at each eval batch size in `batch_sizes` (after an untimed pass over
-    the same pairs at that batch size: its first pass is 26-34% slower, peer_benchmark showed) and is extrapolated linearly to all pairs; the faster batch size is the reference. The scorer
-    runs on all pairs, on `scorer_model` loaded the way notebook 05 loads it. Agreement: the scorer on the trainer's
+    the same pairs at that batch size: its first pass is 26-34% slower, peer_benchmark showed) and is extrapolated
+    linearly to all pairs; the faster batch size is the reference. The scorer runs on all pairs, on `scorer_model` loaded the way notebook 05 loads it. Agreement: the scorer on the trainer's
     own model and the subset reproduces evaluate's mean chosen/rejected log-probs. With `share_prompt`, the scorer
     is also timed with prefix sharing (chosen + rejected in one call), and its scores compared with the unshared ones;
     `shared_budgets` times it again at other `max_batch_tokens` (notebook 05 uses the default, 16384).

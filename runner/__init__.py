@@ -31,9 +31,9 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from helpers.ifeval import check_ready
 from helpers.profiles import PROFILES, ParameterError, choose_profile, resolve_config
 from helpers.rundir import REPO_ROOT, STAGE_DONE, RunDir, hold_run, open_run, outputs_root, release_run
-from helpers.ifeval import check_ready
 from helpers.tracking import check_tracking
 
 NOTEBOOKS = ("01_environment", "02_data_preparation", "03_quantized_model", "04_orpo_training", "05_evaluation")

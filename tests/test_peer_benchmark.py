@@ -85,7 +85,8 @@ def test_combine_compares_with_the_fastest_peer(rows, tmp_path):
     twice = run("combine", str(tmp_path / "both.json"), str(tmp_path / "all.json"), "--out", str(tmp_path / "3.json"))
     three = json.loads((tmp_path / "3.json").read_text())["summary"]
     assert three["ours_over_fastest_peer_per_run"] == [expected] * 2
-    assert three["scoring_ratio_median_per_run"] == [rows_["seed"]["scoring"]["ratio_median"]] * 2  # both inputs' runs
+    # every input's runs are carried (here the same run, given twice)
+    assert three["scoring_ratio_median_per_run"] == [rows_["seed"]["scoring"]["ratio_median"]] * 2
 
 
 def test_a_failed_row_is_recorded_not_fatal(rows, tmp_path):
